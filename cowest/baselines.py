@@ -1,0 +1,157 @@
+"""The paper's retrieval and collaboration baselines: FLARE and SuperICL.
+
+(The weak model alone, the strong model alone, standard refinement and RLWF reuse the
+method's own pieces: see `cowest.pipeline`.)
+
+FLARE (Jiang et al. 2023), active retrieval, as run here: the strong model writes its
+answer with token log-probabilities; when any token of it has probability below
+`threshold`, the sentence holding the first such token becomes a retrieval query (its
+low-confidence tokens masked out, the question prepended), the top-k passages of the
+task's corpus are retrieved with BM25 (`bm25s`), and the answer is regenerated with those
+passages in view. This repeats up to `max_steps` times or until no token is uncertain.
+It is FLARE-direct with a whole-answer look-ahead, which fits a chat API.
+
+SuperICL (Xu et al. 2023): the weak model's prediction and its confidence (the
+probability of its answer tokens) are written into the strong model's prompt, after
+in-context examples from the training split that carry the weak model's predictions and
+the gold answers; the strong model gives the final answer and may override the weak one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from cowest import prompts
+from cowest.collaborate import Collaborator, answer_hint
+from cowest.strong import Completion, StrongClient
+from cowest.tasks.base import Example, Task
+
+
+# ----------------------------------------------------------------------------- FLARE
+def low_confidence_query(logprobs: Sequence[tuple[str, float]], threshold: float) -> str | None:
+    """The retrieval query FLARE forms from a drafted answer, or None when all is confident.
+
+    Retrieval triggers exactly when some token's probability is below `threshold`; the
+    query is the sentence holding the first such token, with its low-confidence tokens
+    removed (FLARE's "masked query").
+    """
+    probs = [(tok, math.exp(lp)) for tok, lp in logprobs]
+    first = next((i for i, (_, p) in enumerate(probs) if p < threshold), None)
+    if first is None:
+        return None
+    # sentence bounds around the first uncertain token
+    start = first
+    while start > 0 and not re.search(r"[.!?\n]\s*$", probs[start - 1][0]):
+        start -= 1
+    end = first
+    while end < len(probs) - 1 and not re.search(r"[.!?\n]\s*$", probs[end][0]):
+        end += 1
+    kept = "".join(tok for tok, p in probs[start : end + 1] if p >= threshold)
+    return re.sub(r"\s+", " ", kept).strip()
+
+
+class Retriever:
+    """BM25 over a task's corpus (bm25s)."""
+
+    def __init__(self, corpus: Sequence[str]):
+        import bm25s
+
+        if not corpus:
+            raise ValueError("the task declares an empty retrieval corpus")
+        self.corpus = list(corpus)
+        self._bm25 = bm25s.BM25()
+        self._bm25.index(bm25s.tokenize(self.corpus, stopwords="en", show_progress=False), show_progress=False)
+
+    def search(self, query: str, k: int) -> list[str]:
+        import bm25s
+
+        k = min(k, len(self.corpus))
+        docs, _ = self._bm25.retrieve(
+            bm25s.tokenize([query], stopwords="en", show_progress=False), k=k, show_progress=False
+        )
+        return [self.corpus[int(i)] for i in docs[0]]
+
+
+@dataclass
+class Flare:
+    collab: Collaborator  # its task, its client, and the standalone prompt for the first pass
+    retriever: Retriever
+    threshold: float = 0.4
+    top_k: int = 2
+    max_steps: int = 3
+
+    @property
+    def task(self) -> Task:
+        return self.collab.task
+
+    @property
+    def client(self) -> StrongClient:
+        return self.collab.client
+
+    def prompt(self, ex: Example, passages: Sequence[str]) -> str:
+        if not passages:  # the first pass is the strong model alone (shared through the cache)
+            return self.collab.alone_prompt(ex)
+        return self.collab.finish(prompts.render(
+            "flare",
+            passages="\n".join(f"- {p}" for p in passages),
+            question=self.task.render_question(ex),
+            answer_hint=answer_hint(self.task),
+        ))
+
+    def answer(self, ex: Example, *, stage: str) -> dict[str, Any]:
+        passages: list[str] = []
+        queries: list[str] = []
+        c: Completion = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True,
+                                             **self.collab.stop_kw())
+        for _ in range(self.max_steps):
+            q = low_confidence_query(c.logprobs or [], self.threshold) if c.logprobs else None
+            if q is None:
+                break
+            query = f"{self.task.render_question(ex)} {q}"
+            queries.append(query)
+            for p in self.retriever.search(query, self.top_k):
+                if p not in passages:
+                    passages.append(p)
+            c = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True, **self.collab.stop_kw())
+        return {"text": c.text, "retrievals": len(queries), "queries": queries, "passages": passages,
+                "error": c.error}
+
+
+# ----------------------------------------------------------------------------- SuperICL
+@dataclass
+class SuperICL:
+    task: Task
+    client: StrongClient
+    demos: list[tuple[Example, str, float]] = field(default_factory=list)  # (example, weak pred, conf)
+
+    def _demo_block(self) -> str:
+        blocks = []
+        for ex, pred, conf in self.demos:
+            blocks.append(
+                f"Question:\n{self.task.render_question(ex)}\n"
+                f"Specialist prediction: {pred} (confidence {conf:.2f})\n"
+                f"Answer: {self.task.answer_text(ex)}"
+            )
+        return "\n\n".join(blocks)
+
+    def prompt(self, ex: Example, prediction: str, confidence: float) -> str:
+        return prompts.render(
+            "supericl",
+            demos=self._demo_block(),
+            question=self.task.render_question(ex),
+            prediction=prediction or "(none)",
+            confidence=f"{confidence:.2f}",
+            answer_hint=answer_hint(self.task),
+        )
+
+    def answer_many(
+        self, examples: Sequence[Example], predictions: Sequence[str], confidences: Sequence[float], *, stage: str
+    ) -> list[Completion]:
+        return self.client.complete_many(
+            [self.prompt(e, p, c) for e, p, c in zip(examples, predictions, confidences, strict=True)],
+            stage=stage,
+            desc=f"{stage}: SuperICL",
+        )

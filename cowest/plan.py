@@ -1,0 +1,105 @@
+"""Dry run: the strong-model calls, tokens and cost a profile will spend, before spending.
+
+The count mirrors what the notebooks run (one line per notebook stage). Token counts are
+estimates (prompt lengths typical of each prompt template; completions at their
+`max_tokens` cap, so cost is an upper bound); cached calls are not subtracted. Nothing here
+touches the network, loads data or needs a key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cowest.config import Profile, StrongSpec
+
+# typical prompt tokens per call kind (measured on the synthetic domains; real datasets with
+# long MedMCQA stems or dialogue contexts run longer, hence the margin)
+PROMPT_TOKENS = {"alone": 250, "refine": 350, "judge": 300, "flare": 450, "supericl": 700}
+JUDGE_MAX_TOKENS = 12
+FLARE_RETRIEVAL_SHARE = 0.5  # share of items expected to trigger one retrieval (upper estimate)
+
+
+@dataclass
+class Line:
+    notebook: str
+    what: str
+    model: StrongSpec
+    calls: int
+    kind: str
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.calls * PROMPT_TOKENS[self.kind]
+
+    @property
+    def completion_tokens(self) -> int:
+        return self.calls * (JUDGE_MAX_TOKENS if self.kind == "judge" else self.model.max_tokens)
+
+    @property
+    def cost(self) -> float:
+        m = self.model
+        return (self.prompt_tokens * m.price_in_per_mtok + self.completion_tokens * m.price_out_per_mtok) / 1e6
+
+
+def plan(p: Profile) -> list[Line]:
+    c, a = p.collab, p.ablations
+    q = c.n_queries
+    lines: list[Line] = []
+    add = lambda nb, what, m, n, kind: lines.append(Line(nb, what, m, n, kind))  # noqa: E731
+    mine_judge = c.evaluator == "llm_judge"
+    for t in p.tasks:
+        s = p.strong_for(t.name)
+        judge = p.strong_model(c.judge) if c.judge else s
+        add("03", f"{t.name}: strong alone on mined queries", s, q, "alone")
+        add("03", f"{t.name}: refinements of k={c.k} drafts", s, q * c.k, "refine")
+        if mine_judge:
+            add("03", f"{t.name}: judge scores (CoWest + RLWF)", judge, q * (1 + 2 * c.k), "judge")
+        n = t.n_test
+        add("05", f"{t.name}: strong alone (CoT)", s, n, "alone")
+        add("05", f"{t.name}: refinement of SFT / RLWF / CoWest drafts", s, 3 * n, "refine")
+        add("05", f"{t.name}: FLARE retrieval steps", s, int(n * FLARE_RETRIEVAL_SHARE * p.baselines.flare.max_steps),
+            "flare")
+        add("05", f"{t.name}: SuperICL", s, n, "supericl")
+    for t in a.tasks:
+        s = p.strong_for(t)
+        judge = p.strong_model(c.judge) if c.judge else s
+        n = a.n_test
+        others = [f for f in a.formats if f != c.format]
+        add("06", f"{t}: {len(others)} more formats, mining", s, len(others) * q * c.k, "refine")
+        add("06", f"{t}: formats x (SFT, CoWest) refinement", s, 2 * len(a.formats) * n, "refine")
+        for name in a.strong_models:
+            m = p.strong_model(name)
+            if m.name == s.name:
+                continue
+            add("07", f"{t}: {name} mining", m, q * (1 + c.k), "refine")
+            add("07", f"{t}: {name} alone / SFT / CoWest", m, 3 * n, "refine")
+        for name in a.weak_models:
+            if name == p.weak.name:
+                continue
+            add("08", f"{t}: {name} mining + collaboration", s, q * c.k + n, "refine")
+        add("09", f"{t}: {len(a.volumes)} preference volumes", s, len(a.volumes) * n, "refine")
+        add("10", f"{t}: rounds 2..{a.rounds}", s, max(0, a.rounds - 1) * (q * c.k + n), "refine")
+        for ev in a.evaluators:
+            if ev != c.evaluator and ev == "llm_judge":
+                add("10", f"{t}: llm_judge mining", judge, q * (1 + c.k), "judge")
+                add("10", f"{t}: CoWest(judge) collaboration", s, n, "refine")
+    return lines
+
+
+def print_plan(p: Profile) -> None:
+    lines = plan(p)
+    print(f"Planned strong-model calls for profile {p.name!r} ({p.source}); nothing is sent.\n")
+    print(f"{'nb':<3} {'model':<22} {'calls':>7} {'prompt tok':>11} {'compl. tok':>11} {'cost $':>9}  what")
+    for ln in lines:
+        print(f"{ln.notebook:<3} {ln.model.name:<22} {ln.calls:>7} {ln.prompt_tokens:>11} "
+              f"{ln.completion_tokens:>11} {ln.cost:>9.2f}  {ln.what}")
+    tot = sum(ln.calls for ln in lines)
+    cost = sum(ln.cost for ln in lines)
+    print(f"\ntotal: {tot} calls, {sum(ln.prompt_tokens for ln in lines)} prompt tokens, "
+          f"{sum(ln.completion_tokens for ln in lines)} completion tokens (upper bound), ${cost:.2f} "
+          f"(upper bound; cached calls cost nothing)")
+    for m in p.strong_models:
+        if m.backend == "api":
+            print(f"  {m.name}: {m.base_url}, key from ${m.api_key_env or '(none)'}")
+    if p.budget_usd is not None:
+        print(f"budget cap: ${p.budget_usd:.2f} ({'within' if cost <= p.budget_usd else 'ABOVE'} the cap)")
