@@ -12,6 +12,7 @@ does the work, so every table can be traced from a notebook cell to one function
 from __future__ import annotations
 
 import atexit
+import os
 import dataclasses
 import random
 from contextlib import ExitStack
@@ -25,7 +26,7 @@ from cowest.stages import read_json, read_jsonl, stable_hash, stage, write_json,
 from cowest.tasks import get_task
 from cowest.tasks.base import Example, Task
 
-RESULTS = assets.REPO_ROOT / "results"
+RESULTS = Path(os.environ.get("COWEST_RESULTS", assets.REPO_ROOT / "results"))
 PREF_SPLIT = "prefq"  # training-split questions held out from SFT, mined for preferences
 
 

@@ -93,3 +93,50 @@ def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
     mc = mcnemar([s >= 1.0 for s in a.scores], [s >= 1.0 for s in b.scores])
     return {"a": a.method, "b": b.method, "task": a.task, **{f"bootstrap_{k}": v for k, v in pb.items()},
             **{f"mcnemar_{k}": v for k, v in mc.items()}}
+
+
+# ----------------------------------------------------------------------------- index
+# Every table and figure, by the notebook that makes it (the smoke test checks each exists).
+ARTIFACTS: dict[str, dict[str, list[str]]] = {
+    "01_data": {"tables": ["data_sizes", "label_balance"], "figures": ["label_balance"]},
+    "02_sft": {"tables": ["sft_summary"], "figures": ["sft_loss"]},
+    "03_preferences": {"tables": ["preference_stats"], "figures": ["delta_distribution"]},
+    "04_dpo": {"tables": ["dpo_summary"], "figures": ["dpo_curves"]},
+    "05_evaluation": {"tables": ["main_results", "paired_tests"], "figures": ["main_results"]},
+    "06_format_ablation": {"tables": ["format_ablation"], "figures": ["format_ablation"]},
+    "07_strong_ablation": {"tables": ["strong_ablation"], "figures": ["strong_ablation"]},
+    "08_weak_ablation": {"tables": ["weak_ablation"], "figures": ["weak_ablation"]},
+    "09_preference_volume": {"tables": ["preference_volume"], "figures": ["preference_volume"]},
+    "10_beyond_the_paper": {
+        "tables": ["rounds", "evaluator_choice", "evaluator_agreement", "theory_check", "cost_latency"],
+        "figures": ["rounds"],
+    },
+}
+
+
+def expected_files(root: Path) -> list[Path]:
+    out = []
+    for spec in ARTIFACTS.values():
+        out += [root / "tables" / f"{t}.{ext}" for t in spec["tables"] for ext in ("csv", "md")]
+        out += [root / "figures" / f"{f}.{ext}" for f in spec["figures"] for ext in ("png", "pdf")]
+    return out
+
+
+def write_index(root: Path, profile: str, manifest: dict[str, Any]) -> Path:
+    """`results/<profile>/README.md`: every table and figure, linked to its notebook."""
+    lines = [f"# Results of the `{profile}` profile", "",
+             "Made by `./reproduce.sh --profile " + profile + "`; see `manifest.json` for the commit, "
+             "versions, seeds, wall times and the ledger of strong-model calls.", "",
+             "| notebook | status | minutes | tables | figures |", "|---|---|---|---|---|"]
+    for nb, spec in ARTIFACTS.items():
+        info = manifest.get("notebooks", {}).get(f"{nb}.ipynb", {})
+        tables = ", ".join(f"[{t}](tables/{t}.md)" for t in spec["tables"] if (root / "tables" / f"{t}.md").exists())
+        figs = ", ".join(f"[{f}](figures/{f}.png)" for f in spec["figures"] if (root / "figures" / f"{f}.png").exists())
+        mins = f"{info['seconds'] / 60:.1f}" if "seconds" in info else ""
+        lines.append(f"| [{nb}](notebooks/{nb}.ipynb) | {info.get('status', 'not run')} | {mins} | {tables} | {figs} |")
+    total = manifest.get("total_seconds")
+    if total:
+        lines += ["", f"Total wall time of the last full run: {total / 60:.1f} minutes."]
+    path = root / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path

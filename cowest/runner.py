@@ -11,6 +11,7 @@ error. Stages that finished are reused by the next run (see `cowest.stages`).
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -21,10 +22,11 @@ from typing import Any
 from cowest import prompts
 from cowest.assets import REPO_ROOT
 from cowest.config import Profile, load_profile
+from cowest.report import write_index
 from cowest.stages import read_json, write_json
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-RESULTS = REPO_ROOT / "results"
+RESULTS = Path(os.environ.get("COWEST_RESULTS", REPO_ROOT / "results"))  # tests point this elsewhere
 PACKAGES = ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "openai",
             "llama_cpp_python", "papermill", "bm25s", "pandas", "matplotlib", "seaborn"]
 
@@ -124,6 +126,7 @@ def _finish(manifest: dict[str, Any], path: Path, out_dir: Path) -> None:
         ledger = Ledger(db)
         manifest["ledger"] = {"totals": ledger.totals(), "by_stage": ledger.summary()}
     write_json(path, manifest)
+    write_index(out_dir, manifest.get("profile", out_dir.name), manifest)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,68 @@
+"""FLARE's retrieval trigger and loop, with hand-made log-probabilities."""
+
+import math
+from dataclasses import dataclass, field
+
+from cowest.baselines import Flare, Retriever, low_confidence_query
+from cowest.collaborate import Collaborator
+from cowest.strong import Completion
+from cowest.tasks import get_task
+
+
+def lp(p):
+    return math.log(p)
+
+
+def test_no_retrieval_when_every_token_is_above_threshold():
+    toks = [("The", lp(0.9)), (" town", lp(0.5)), (" has", lp(0.41)), (" 7.", lp(0.99))]
+    assert low_confidence_query(toks, 0.4) is None
+
+
+def test_retrieval_triggers_exactly_below_threshold_and_masks_the_token():
+    toks = [("Brim", lp(0.9)), ("sholt", lp(0.9)), (" has", lp(0.8)), (" 7", lp(0.39)), (" bridges.", lp(0.9)),
+            (" So", lp(0.2)), (" 10.", lp(0.9))]
+    q = low_confidence_query(toks, 0.4)
+    assert q == "Brimsholt has bridges."  # first uncertain sentence, " 7" masked
+    assert low_confidence_query(toks, 0.39) == "10."  # " 7" (0.39) is not below 0.39; " So" (0.2) is, masked
+
+
+@dataclass
+class ScriptedClient:
+    """Answers with scripted log-probabilities; records the prompts it got."""
+
+    replies: list
+    mode: str = "chat"
+    prompts: list = field(default_factory=list)
+
+    def complete(self, prompt, *, stage, **kw):
+        self.prompts.append(prompt)
+        text, probs = self.replies[min(len(self.prompts) - 1, len(self.replies) - 1)]
+        return Completion(text=text, prompt_tokens=1, completion_tokens=len(probs),
+                          logprobs=[(t, lp(p)) for t, p in probs], cached=False, error=None, latency_s=0.0)
+
+
+def test_flare_loop_retrieves_then_stops_when_confident():
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    unsure = ("Answer: 3", [("Answer", 0.9), (":", 0.9), (" 3", 0.1)])
+    sure = ("Answer: 10", [("Answer", 0.9), (":", 0.9), (" 10", 0.95)])
+    client = ScriptedClient([unsure, sure])
+    fl = Flare(Collaborator(task, client), Retriever(task.corpus()), threshold=0.4, top_k=2, max_steps=3)
+    out = fl.answer(ex, stage="t")
+    assert out["retrievals"] == 1 and out["text"] == "Answer: 10"
+    assert len(client.prompts) == 2
+    assert client.prompts[0] == Collaborator(task, client).alone_prompt(ex)  # first pass = strong alone
+    assert all(p in client.prompts[1] for p in out["passages"]) and len(out["passages"]) == 2
+
+
+def test_flare_respects_max_steps():
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    client = ScriptedClient([("Answer: 3", [(" 3", 0.1)])])
+    fl = Flare(Collaborator(task, client), Retriever(task.corpus()), threshold=0.4, top_k=1, max_steps=2)
+    assert fl.answer(ex, stage="t")["retrievals"] == 2 and len(client.prompts) == 3
+
+
+def test_retriever_finds_the_document_naming_the_entity():
+    docs = ["Brimsholt has seven bridges.", "Quellmoor has three towers.", "Zelvorin treats grey fever."]
+    assert Retriever(docs).search("how many towers in Quellmoor", 1) == ["Quellmoor has three towers."]
