@@ -167,6 +167,7 @@ class Run:
                     n_threads=spec.n_threads,
                     n_ctx=spec.n_ctx,
                     chat_format=asset.chat_format,
+                    logits_all=True,  # chat-mode token log-probabilities (FLARE) need it in llama-cpp-python 0.3
                     log_path=self.root / f"server-{spec.name}.log",
                 )
             )
