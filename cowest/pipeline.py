@@ -15,6 +15,7 @@ import atexit
 import os
 import dataclasses
 import random
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ class Checkpoint:
     tag: str  # "sft", "cowest", "rlwf", "cowest-r2", ...
     adapter: Path | None
     key: str  # hash of everything that produced it
+    note: str = ""  # e.g. why a DPO stage kept its starting weights
 
     @property
     def id(self) -> str:
@@ -373,10 +375,13 @@ class Run:
         folder = self.runs / "dpo" / weak.name / start.task / start.fmt / tag
         key = stable_hash(["dpo", start.key, prefs["key"], volume, dataclasses.asdict(weak.dpo), self.cfg.seed])
         if not pairs:
-            raise ValueError(
-                f"no preference pairs for {start.id} ({tag}): every mined query had only positive or only "
-                "negative drafts. Raise collab.k or collab.temperature, or collab.n_queries."
-            )
+            # Nothing to align on: say so loudly, keep the starting weights, and mark the checkpoint
+            # so every table that uses it can show it (an ablation grid should not die on one cell).
+            note = (f"no preference pairs for {start.id} ({tag}): every mined query had only positive or "
+                    "only negative drafts, so DPO did not run and the starting weights are kept. Raise "
+                    "collab.k, collab.temperature or collab.n_queries.")
+            warnings.warn(note, stacklevel=2)
+            return Checkpoint(weak, start.task, start.fmt, tag, start.adapter, start.key + ":no-pairs", note)
 
         def build(folder: Path) -> None:
             d = weak.dpo

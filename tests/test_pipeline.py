@@ -82,9 +82,12 @@ def test_cowest_builder_applies_the_delta_rule(run, monkeypatch):
     assert len(strong.calls) == n + n * k
 
 
-def test_dpo_without_pairs_is_a_clear_error(run):
-    with pytest.raises(ValueError, match="no preference pairs.*collab.k"):
-        run.dpo(_ckpt(run), {"pairs": [], "key": "x"}, tag="cowest-r1")
+def test_dpo_without_pairs_keeps_the_start_and_says_why(run):
+    start = _ckpt(run)
+    with pytest.warns(UserWarning, match="no preference pairs.*collab.k"):
+        ck = run.dpo(start, {"pairs": [], "key": "x"}, tag="cowest-r1")
+    assert ck.adapter == start.adapter and ck.tag == "cowest-r1" and "DPO did not run" in ck.note
+    assert ck.key != start.key
 
 
 def test_data_splits_are_disjoint_and_sized(run):

@@ -1,0 +1,171 @@
+"""Integration: the real llama.cpp server (llama-cpp-python) and the real `openai` client.
+
+Uses the offline models (Gemma-3-270M base in completion mode; SmolLM2-135M-Instruct in
+chat mode). Marked `server` for selection (`-m server` / `-m "not server"`); never skipped.
+The servers use 1 thread: llama.cpp's spin-waiting threads slow to a crawl with 2 threads
+on 2 cores when anything else runs (such as other tests).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cowest.assets import get_asset, gguf_path
+from cowest.cache import CacheMiss, Ledger, RequestCache
+from cowest.strong import LocalServer, LocalServerError, StrongClient
+
+pytestmark = pytest.mark.server
+
+
+def _posts(log: Path) -> int:
+    """Requests that reached the server, from uvicorn's access log."""
+    return sum('"POST /v1/' in line for line in log.read_text(errors="replace").splitlines())
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie (exited, not yet reaped by its parent) is gone too
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _dead_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    """Gemma-3-270M base, completion endpoint, log-probabilities enabled (FLARE needs them)."""
+    log = tmp_path_factory.mktemp("gemma") / "server.log"
+    srv = LocalServer(gguf_path("gemma3-270m"), alias="gemma-270m", n_ctx=512, n_threads=1,
+                      logits_all=True, log_path=log)
+    with srv:
+        yield srv
+    assert not srv.running and _gone(srv.proc.pid)
+
+
+def _client(base_url: str, db: Path, mode="readwrite", **kw) -> StrongClient:
+    kw.setdefault("max_tokens", 6)
+    return StrongClient("strong", "gemma-270m", base_url=base_url, mode="completion",
+                        cache=RequestCache(db, mode=mode), ledger=Ledger(db),
+                        retry_base_s=0.05, max_retries=1, timeout_s=60, **kw)
+
+
+def test_completion_then_cache_hit_reaches_no_server(gemma, tmp_path):
+    db = tmp_path / "cache.sqlite"
+    prompt = "Q: What is the capital of France?\nA:"
+    first = _client(gemma.base_url, db).complete(prompt, stage="it")
+    assert first.ok and first.text.strip() and not first.cached
+    assert first.prompt_tokens > 5 and 1 <= first.completion_tokens <= 6
+    assert first.latency_s > 0
+    n = _posts(gemma.log_path)
+    # the same request through a client whose server does not exist: base_url is not in
+    # the cache key, so the answer comes from the cache, and nothing reaches any server
+    second = _client(_dead_url(), db).complete(prompt, stage="it")
+    assert second.cached and second.text == first.text
+    assert second.prompt_tokens == first.prompt_tokens
+    assert _posts(gemma.log_path) == n
+    s = Ledger(db).summary("it")[0]
+    assert (s["calls"], s["cache_hits"], s["errors"]) == (2, 1, 0)
+    # temperature 0 without repeat penalty is plain greedy: the same text again
+    rerun = _client(gemma.base_url, tmp_path / "other.sqlite").complete(prompt, stage="it")
+    assert rerun.text == first.text
+
+
+def test_replay_mode_raises_cache_miss_naming_the_request(gemma, tmp_path):
+    db = tmp_path / "cache.sqlite"
+    _client(gemma.base_url, db).complete("The sky is", stage="it")
+    replay = _client(gemma.base_url, db, mode="replay")
+    n = _posts(gemma.log_path)
+    assert replay.complete("The sky is", stage="it").cached
+    with pytest.raises(CacheMiss) as ei:
+        replay.complete("Grass is usually", stage="it")
+    msg = str(ei.value)
+    assert "replay mode is on" in msg and "gemma-270m" in msg and "Grass is usually" in msg
+    assert _posts(gemma.log_path) == n
+
+
+def test_completion_logprobs(gemma, tmp_path):
+    out = _client(gemma.base_url, tmp_path / "c.sqlite").complete(
+        "One, two, three, four,", stage="flare", logprobs=True, top_logprobs=2)
+    assert out.ok and out.logprobs is not None
+    assert len(out.logprobs) == out.completion_tokens
+    assert "".join(t for t, _ in out.logprobs) == out.text
+    assert all(lp is not None and lp <= 0 for _, lp in out.logprobs)
+    assert out.top_logprobs is not None and 1 <= len(out.top_logprobs[0]) <= 3
+
+
+def test_chat_logprobs_with_smollm2_and_cleanup_after_interrupt(tmp_path):
+    log = tmp_path / "smol.log"
+    srv = LocalServer(gguf_path("smollm2-135m"), alias="smol", n_ctx=512, n_threads=1,
+                      chat_format=get_asset("smollm2-135m").chat_format, log_path=log)
+    with pytest.raises(KeyboardInterrupt):
+        with srv:
+            db = tmp_path / "c.sqlite"
+            c = StrongClient("strong", "smol", base_url=srv.base_url, mode="chat",
+                             max_tokens=5, cache=RequestCache(db), ledger=Ledger(db),
+                             system_prompt="You are a helpful assistant.")
+            out = c.complete("Say hello.", stage="it", logprobs=True, top_logprobs=2)
+            assert out.ok and out.text.strip()
+            assert out.logprobs is not None and len(out.logprobs) == out.completion_tokens
+            assert all(lp <= 0 for _, lp in out.logprobs)
+            assert out.top_logprobs and len(out.top_logprobs[0]) >= 1
+            pid = srv.proc.pid
+            raise KeyboardInterrupt  # Ctrl-C inside the block
+    assert not srv.running and _gone(pid)
+
+
+def test_sigterm_to_the_parent_stops_the_server_and_still_kills_the_parent(tmp_path):
+    script = textwrap.dedent(f"""
+        import time
+        from cowest.strong import LocalServer
+        s = LocalServer({str(gguf_path("smollm2-135m"))!r}, alias="x", n_threads=1,
+                        n_ctx=256, log_path={str(tmp_path / "x.log")!r}).start()
+        print(s.proc.pid, flush=True)
+        time.sleep(120)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+    try:
+        server_pid = int(child.stdout.readline())
+        assert not _gone(server_pid)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == -signal.SIGTERM  # the signal is not swallowed
+        deadline = time.monotonic() + 10
+        while not _gone(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(server_pid)
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+def test_a_server_that_cannot_start_reports_its_log(tmp_path):
+    bogus = tmp_path / "not-a-model.gguf"
+    bogus.write_bytes(b"GGUF" + b"\0" * 64)
+    srv = LocalServer(bogus, alias="bogus", log_path=tmp_path / "bogus.log",
+                      startup_timeout_s=60)
+    with pytest.raises(LocalServerError) as ei:
+        srv.start()
+    msg = str(ei.value)
+    assert "exited with code" in msg and "bogus.log" in msg and "Log" in msg
+    assert not srv.running
+    with pytest.raises(LocalServerError, match="not found"):
+        LocalServer(tmp_path / "missing.gguf", alias="m").start()
