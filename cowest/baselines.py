@@ -92,7 +92,7 @@ class Flare:
         return self.collab.client
 
     def prompt(self, ex: Example, passages: Sequence[str]) -> str:
-        if not passages:  # the first pass is the strong model alone (shared through the cache)
+        if not passages:  # the first pass is the strong model's standalone prompt
             return self.collab.alone_prompt(ex)
         return self.collab.finish(prompts.render(
             "flare",

@@ -80,9 +80,7 @@ class Collaborator:
     def alone(self, examples: Sequence[Example], *, stage: str) -> list[Completion]:
         """z = strong(x) for each example (one call each, shared through the cache)."""
         return self.client.complete_many(
-            [self.alone_prompt(e) for e in examples], stage=stage, desc=f"{stage}: strong alone",
-            logprobs=True,  # FLARE's first pass is this same call: one request serves both
-            **self.stop_kw(),
+            [self.alone_prompt(e) for e in examples], stage=stage, desc=f"{stage}: strong alone", **self.stop_kw()
         )
 
     def refine(self, examples: Sequence[Example], drafts: Sequence[str], *, stage: str) -> list[Completion]:

@@ -153,13 +153,19 @@ class Run:
         tok = AutoTokenizer.from_pretrained(self.weak_base(weak))
         return [render_prompt(tok, prompts.render(f"weak_{fmt}", question=task.render_question(e))) for e in examples]
 
-    def strong(self, name: str | None = None) -> Any:
-        """The client for a strong model of the profile (starting its local server if needed)."""
+    def strong(self, name: str | None = None, *, logprobs: bool = False) -> Any:
+        """The client for a strong model of the profile (starting its local server if needed).
+
+        A local llama.cpp server returns chat-mode token log-probabilities only when it keeps
+        the logits of every position, which makes each call about 3x slower; so FLARE, the one
+        caller that needs them, gets its own server (`logprobs=True`) and everyone else a fast one.
+        """
         from cowest.strong import LocalServer, StrongClient
 
         spec: StrongSpec = self.cfg.strong_model(name) if name else self.cfg.strong
-        if spec.name in self._clients:
-            return self._clients[spec.name]
+        handle = spec.name + ("+logprobs" if logprobs and spec.backend == "local" else "")
+        if handle in self._clients:
+            return self._clients[handle]
         if spec.backend == "local":
             asset = assets.get_asset(spec.model)
             server = self._servers.enter_context(
@@ -169,8 +175,8 @@ class Run:
                     n_threads=spec.n_threads,
                     n_ctx=spec.n_ctx,
                     chat_format=asset.chat_format,
-                    logits_all=True,  # chat-mode token log-probabilities (FLARE) need it in llama-cpp-python 0.3
-                    log_path=self.root / f"server-{spec.name}.log",
+                    logits_all=logprobs,
+                    log_path=self.root / f"server-{handle}.log",
                 )
             )
             base_url, key_env = server.base_url, None
@@ -192,13 +198,13 @@ class Run:
             cache=self.cache,
             ledger=self.ledger,
         )
-        self._clients[spec.name] = client
+        self._clients[handle] = client
         return client
 
-    def collaborator(self, task_name: str, strong: str | None = None) -> Any:
+    def collaborator(self, task_name: str, strong: str | None = None, *, logprobs: bool = False) -> Any:
         from cowest.collaborate import Collaborator
 
-        client = self.strong(strong)
+        client = self.strong(strong, logprobs=logprobs)
         demos: tuple[Example, ...] = ()
         if client.mode == "completion":  # few-shot worked examples, from the training split only
             demos = tuple(self.data(task_name)["train"][:3])
@@ -495,7 +501,7 @@ class Run:
         if method == "flare":
             f = self.cfg.baselines.flare
             task = self.task(task_name)
-            fl = baselines.Flare(self.collaborator(task_name, strong), baselines.Retriever(task.corpus()),
+            fl = baselines.Flare(self.collaborator(task_name, strong, logprobs=True), baselines.Retriever(task.corpus()),
                                  threshold=f.threshold, top_k=f.top_k, max_steps=f.max_steps)
             from tqdm.auto import tqdm
 
