@@ -17,6 +17,11 @@ from cowest.config import Profile, StrongSpec
 PROMPT_TOKENS = {"alone": 250, "refine": 350, "judge": 300, "flare": 450, "supericl": 700}
 JUDGE_MAX_TOKENS = 12
 FLARE_RETRIEVAL_SHARE = 0.5  # share of items expected to trigger one retrieval (upper estimate)
+# Seconds per uncached call of a local llama.cpp server on the 2-core CPU machines of this
+# project (measured 2026-11-26: ~100-token prompt sharing a prefix with the previous one,
+# 2 threads, answers of ~15-48 tokens). Used only to print a time estimate.
+LOCAL_SECONDS_PER_CALL = {"qwen2.5-coder-1.5b": 4.5, "qwen2.5-coder-0.5b": 1.8, "smollm2-135m": 1.2,
+                          "gemma3-270m": 1.2}
 
 
 @dataclass
@@ -98,6 +103,11 @@ def print_plan(p: Profile) -> None:
     print(f"\ntotal: {tot} calls, {sum(ln.prompt_tokens for ln in lines)} prompt tokens, "
           f"{sum(ln.completion_tokens for ln in lines)} completion tokens (upper bound), ${cost:.2f} "
           f"(upper bound; cached calls cost nothing)")
+    local = [ln for ln in lines if ln.model.backend == "local"]
+    if local:
+        secs = sum(ln.calls * LOCAL_SECONDS_PER_CALL.get(ln.model.model, 3.0) for ln in local)
+        print(f"estimated time of the local strong-model calls on 2 CPU cores: {secs / 60:.0f} minutes "
+              "(before cache hits; training and weak-model generation come on top)")
     for m in p.strong_models:
         if m.backend == "api":
             print(f"  {m.name}: {m.base_url}, key from ${m.api_key_env or '(none)'}")

@@ -66,3 +66,25 @@ def test_flare_respects_max_steps():
 def test_retriever_finds_the_document_naming_the_entity():
     docs = ["Brimsholt has seven bridges.", "Quellmoor has three towers.", "Zelvorin treats grey fever."]
     assert Retriever(docs).search("how many towers in Quellmoor", 1) == ["Quellmoor has three towers."]
+
+
+def test_supericl_confidence_from_a_real_tiny_model_and_prompt():
+    """SuperICL's confidence is the weak model's probability of its own answer tokens."""
+    import torch
+
+    from cowest.assets import hf_folder
+    from cowest.baselines import SuperICL
+    from cowest.weak import answer_confidence, load_weak, render_prompt
+
+    torch.set_num_threads(1)
+    model, tok = load_weak(hf_folder("smollm2-135m"))
+    prompt = render_prompt(tok, "What is the capital of France? Reply with the answer only.")
+    sure = answer_confidence(model, tok, prompt, "Answer: Paris", "Paris")
+    unsure = answer_confidence(model, tok, prompt, "Answer: Zyxwvut", "Zyxwvut")
+    assert 0.0 < unsure < sure <= 1.0
+    task = get_task("synth_med")
+    ex = task.load("test", 1, 0)[0]
+    sic = SuperICL(task, ScriptedClient([]), [(ex, "B", 0.8123)])
+    text = sic.prompt(ex, "C", sure)
+    assert f"Specialist prediction: C (confidence {sure:.2f})" in text
+    assert "Specialist prediction: B (confidence 0.81)" in text and f"Answer: {task.answer_text(ex)}" in text
