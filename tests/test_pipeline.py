@@ -36,7 +36,7 @@ def _drafts(task, items, k):
 
 def test_rlwf_builder_never_calls_the_strong_model(run, monkeypatch):
     task = run.task("synth_safety")
-    monkeypatch.setattr(Run, "strong", lambda self, name=None: (_ for _ in ()).throw(NoStrong(name)))
+    monkeypatch.setattr(Run, "strong", lambda self, name=None, logprobs=False: (_ for _ in ()).throw(NoStrong(name)))
     monkeypatch.setattr(Run, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
     prefs = run.preferences(_ckpt(run), feedback="single")
     n = run.cfg.collab.n_queries
@@ -66,7 +66,7 @@ class ScriptedStrong:
 def test_cowest_builder_applies_the_delta_rule(run, monkeypatch):
     task = run.task("synth_safety")
     strong = ScriptedStrong(task)
-    monkeypatch.setattr(Run, "strong", lambda self, name=None: strong)
+    monkeypatch.setattr(Run, "strong", lambda self, name=None, logprobs=False: strong)
     monkeypatch.setattr(Run, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
     prefs = run.preferences(_ckpt(run))
     n, k = run.cfg.collab.n_queries, run.cfg.collab.k
