@@ -505,8 +505,12 @@ class Run:
                                  threshold=f.threshold, top_k=f.top_k, max_steps=f.max_steps)
             from tqdm.auto import tqdm
 
-            return [{"id": e.id, "final": (a := fl.answer(e, stage=stage))["text"], "retrievals": a["retrievals"],
-                     "queries": a["queries"], "error": a["error"]} for e in tqdm(items, desc=f"{stage}: FLARE")]
+            rows = []
+            for e in tqdm(items, desc=f"{stage}: FLARE"):
+                a = fl.answer(e, stage=stage)
+                rows.append({"id": e.id, "final": a["text"], "retrievals": a["retrievals"], "queries": a["queries"],
+                             "error": a["error"]})
+            return rows
         if method == "supericl":
             return self._supericl(task_name, items, ckpt, strong, stage=stage)
         raise ValueError(f"unknown method {method!r}")
