@@ -52,6 +52,11 @@ def test_smoke_profile_runs_every_notebook_and_writes_every_artifact(tmp_path):
         errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
         assert not errors, f"{nb.name} has an error cell"
     assert (root / "README.md").exists()
+    # the whole chain ran: some task's CoWest pairs reached DPO, and that model was evaluated
+    trained = list((root / "runs" / "dpo").glob("*/*/cot/cowest-r1/adapter/train_log.json"))
+    assert trained, "no CoWest DPO ran in the smoke profile"
+    task = trained[0].parts[-5]
+    assert list((root / "runs" / "eval" / task / "cowest").glob("*/*/n*/predictions.jsonl"))
     # a second run reuses every finished stage and makes no new strong-model call
     calls = manifest["ledger"]["totals"]["calls"] - manifest["ledger"]["totals"].get("cache_hits", 0)
     proc = subprocess.run([sys.executable, "-m", "cowest", "run", "--profile", "smoke", "--only", "5"], env=env,
