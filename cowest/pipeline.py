@@ -238,7 +238,7 @@ class Run:
                 max_length=weak.sft.max_length, seed=self.cfg.seed,
             )
 
-        stage(folder, key, build, force=self.force)
+        stage(folder, key, build, force=self.force, outputs=["adapter/adapter_config.json"])
         return Checkpoint(weak, task_name, fmt, "sft", folder / "adapter", key)
 
     def sft_log(self, ckpt: Checkpoint) -> dict[str, Any]:
@@ -400,7 +400,7 @@ class Run:
                 grad_accum=d.grad_accum, max_length=d.max_length, seed=self.cfg.seed,
             )
 
-        stage(folder, key, build, force=self.force)
+        stage(folder, key, build, force=self.force, outputs=["adapter/adapter_config.json"])
         return Checkpoint(weak, start.task, start.fmt, tag, folder / "adapter", key)
 
     def cowest(

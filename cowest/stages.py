@@ -86,14 +86,16 @@ def mark_done(folder: Path, key: str, **info: Any) -> None:
 
 
 def stage(folder: Path, key_material: Any, build: Callable[[Path], T], *, force: bool = False,
-          load: Callable[[Path], T] | None = None) -> T | None:
+          load: Callable[[Path], T] | None = None, outputs: Iterable[str] = ()) -> T | None:
     """Run `build(folder)` unless `folder` holds a marker for the same `key_material`.
 
     `build` writes its files into `folder` (atomically, one by one) and may return a value;
-    when the stage is reused, `load(folder)` gives that value back instead.
+    when the stage is reused, `load(folder)` gives that value back instead. `outputs` names
+    files (relative to `folder`) that must exist for a reuse: adapters are not committed, so
+    a fresh clone with committed markers retrains them instead of failing later.
     """
     key = stable_hash(key_material)
-    if not force and is_done(folder, key):
+    if not force and is_done(folder, key) and all((folder / o).exists() for o in outputs):
         return load(folder) if load else None
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / MARKER

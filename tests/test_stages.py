@@ -47,3 +47,20 @@ def test_atomic_dir_keeps_old_on_failure(tmp_path):
 def test_stable_hash_ignores_dict_order():
     assert stable_hash({"a": 1, "b": [1, 2]}) == stable_hash({"b": [1, 2], "a": 1})
     assert stable_hash({"a": 1}) != stable_hash({"a": 2})
+
+
+def test_stage_is_redone_when_a_declared_output_is_missing(tmp_path):
+    """Adapters are not committed: a committed marker without its adapter must retrain."""
+    ran = []
+
+    def build(folder):
+        ran.append(1)
+        (folder / "adapter").mkdir(exist_ok=True)
+        (folder / "adapter" / "w.bin").write_text("w")
+
+    stage(tmp_path / "s", 1, build, outputs=["adapter/w.bin"])
+    stage(tmp_path / "s", 1, build, outputs=["adapter/w.bin"])
+    assert ran == [1]
+    (tmp_path / "s" / "adapter" / "w.bin").unlink()
+    stage(tmp_path / "s", 1, build, outputs=["adapter/w.bin"])
+    assert ran == [1, 1]
