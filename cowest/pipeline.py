@@ -88,6 +88,7 @@ class Run:
         self.cache = RequestCache(db, mode=self.cfg.cache_mode)
         self.ledger = Ledger(db, budget_usd=self.cfg.budget_usd)
         self._tasks: dict[str, Task] = {}
+        self._tokenizers: dict[str, Any] = {}
         self._clients: dict[str, Any] = {}
         self._servers = ExitStack()
         atexit.register(self.close)
@@ -146,11 +147,12 @@ class Run:
         return str(assets.hf_folder(weak.model)) if weak.model in assets.ASSETS else weak.model
 
     def weak_prompts(self, weak: WeakSpec, task: Task, examples: Sequence[Example], fmt: str) -> list[str]:
-        from transformers import AutoTokenizer
+        from cowest.weak import load_tokenizer, render_prompt
 
-        from cowest.weak import render_prompt
-
-        tok = AutoTokenizer.from_pretrained(self.weak_base(weak))
+        base = self.weak_base(weak)
+        if base not in self._tokenizers:  # every stage renders prompts: load each tokenizer once
+            self._tokenizers[base] = load_tokenizer(base)
+        tok = self._tokenizers[base]
         return [render_prompt(tok, prompts.render(f"weak_{fmt}", question=task.render_question(e))) for e in examples]
 
     def strong(self, name: str | None = None, *, logprobs: bool = False) -> Any:
