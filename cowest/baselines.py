@@ -77,11 +77,25 @@ class Retriever:
 
 @dataclass
 class Flare:
-    collab: Collaborator  # its task, its client, and the standalone prompt for the first pass
+    """FLARE (Jiang et al., 2023): look ahead, retrieve where the strong model is unsure, regenerate.
+
+    Two ways to look ahead:
+    - ``lookahead_tokens=None``: the whole answer is the look-ahead; every pass asks the
+      `collab` client for log-probabilities and the last pass is the answer.
+    - ``lookahead_tokens=N`` (FLARE's "next sentence"): each pass drafts only the first N
+      tokens with log-probabilities; the answer is then written by `answerer` (a client
+      without log-probabilities, e.g. a fast local server) from the same prompt, passages
+      included. Local llama.cpp servers pay per log-probability token, so this is the cheap
+      mode; with no retrieval its answer call is the "strong alone" call (a cache hit).
+    """
+
+    collab: Collaborator  # its task, its client (with log-probabilities), the standalone prompt
     retriever: Retriever
     threshold: float = 0.4
     top_k: int = 2
     max_steps: int = 3
+    lookahead_tokens: int | None = None
+    answerer: Collaborator | None = None  # writes the answer in look-ahead mode (default: collab)
 
     @property
     def task(self) -> Task:
@@ -101,21 +115,36 @@ class Flare:
             answer_hint=answer_hint(self.task),
         ))
 
+    def _retrieve(self, ex: Example, c: Completion, passages: list[str], queries: list[str]) -> bool:
+        """Add passages for the unsure part of `c`; False when `c` was confident."""
+        q = low_confidence_query(c.logprobs or [], self.threshold) if c.logprobs else None
+        if q is None:
+            return False
+        query = f"{self.task.render_question(ex)} {q}"
+        queries.append(query)
+        for p in self.retriever.search(query, self.top_k):
+            if p not in passages:
+                passages.append(p)
+        return True
+
     def answer(self, ex: Example, *, stage: str) -> dict[str, Any]:
         passages: list[str] = []
         queries: list[str] = []
-        c: Completion = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True,
-                                             **self.collab.stop_kw())
-        for _ in range(self.max_steps):
-            q = low_confidence_query(c.logprobs or [], self.threshold) if c.logprobs else None
-            if q is None:
-                break
-            query = f"{self.task.render_question(ex)} {q}"
-            queries.append(query)
-            for p in self.retriever.search(query, self.top_k):
-                if p not in passages:
-                    passages.append(p)
-            c = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True, **self.collab.stop_kw())
+        stop = self.collab.stop_kw()
+        if self.lookahead_tokens is None:
+            c: Completion = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True, **stop)
+            for _ in range(self.max_steps):
+                if not self._retrieve(ex, c, passages, queries):
+                    break
+                c = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True, **stop)
+        else:
+            for _ in range(self.max_steps):
+                look = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True,
+                                            max_tokens=self.lookahead_tokens, **stop)
+                if not self._retrieve(ex, look, passages, queries):
+                    break
+            writer = (self.answerer or self.collab).client
+            c = writer.complete(self.prompt(ex, passages), stage=stage, **stop)
         return {"text": c.text, "retrievals": len(queries), "queries": queries, "passages": passages,
                 "error": c.error}
 

@@ -115,6 +115,9 @@ class FlareSpec:
     threshold: float = 0.4  # retrieve when a drafted token's probability is below this
     top_k: int = 2  # passages retrieved
     max_steps: int = 3  # sentences generated, each may trigger one retrieval
+    # tokens drafted with log-probabilities per look-ahead (FLARE's "next sentence"); null = the
+    # whole answer. Set it for local servers, where each log-probability token costs ~0.1 s.
+    lookahead_tokens: int | None = None
 
 
 @dataclass(frozen=True)

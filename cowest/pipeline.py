@@ -504,7 +504,9 @@ class Run:
             f = self.cfg.baselines.flare
             task = self.task(task_name)
             fl = baselines.Flare(self.collaborator(task_name, strong, logprobs=True), baselines.Retriever(task.corpus()),
-                                 threshold=f.threshold, top_k=f.top_k, max_steps=f.max_steps)
+                                 threshold=f.threshold, top_k=f.top_k, max_steps=f.max_steps,
+                                 lookahead_tokens=f.lookahead_tokens,
+                                 answerer=self.collaborator(task_name, strong) if f.lookahead_tokens else None)
             from tqdm.auto import tqdm
 
             rows = []

@@ -62,8 +62,11 @@ def plan(p: Profile) -> list[Line]:
         n = t.n_test
         add("05", f"{t.name}: strong alone (CoT)", s, n, "alone")
         add("05", f"{t.name}: refinement of SFT / RLWF / CoWest drafts", s, 3 * n, "refine")
-        add("05", f"{t.name}: FLARE retrieval steps", s, int(n * FLARE_RETRIEVAL_SHARE * p.baselines.flare.max_steps),
-            "flare")
+        fl = p.baselines.flare
+        retrievals = int(n * FLARE_RETRIEVAL_SHARE * fl.max_steps)
+        add("05", f"{t.name}: FLARE look-ahead passes (log-probabilities)", s, n + retrievals, "flare")
+        if fl.lookahead_tokens is not None:  # the answer is written by the fast server (no retrieval: cached)
+            add("05", f"{t.name}: FLARE answers after retrieval", s, int(n * FLARE_RETRIEVAL_SHARE), "flare")
         add("05", f"{t.name}: SuperICL", s, n, "supericl")
     for t in a.tasks:
         s = p.strong_for(t)

@@ -33,9 +33,11 @@ class ScriptedClient:
     replies: list
     mode: str = "chat"
     prompts: list = field(default_factory=list)
+    kwargs: list = field(default_factory=list)
 
     def complete(self, prompt, *, stage, **kw):
         self.prompts.append(prompt)
+        self.kwargs.append(kw)
         text, probs = self.replies[min(len(self.prompts) - 1, len(self.replies) - 1)]
         return Completion(text=text, prompt_tokens=1, completion_tokens=len(probs),
                           logprobs=[(t, lp(p)) for t, p in probs], cached=False, error=None, latency_s=0.0)
@@ -61,6 +63,34 @@ def test_flare_respects_max_steps():
     client = ScriptedClient([("Answer: 3", [(" 3", 0.1)])])
     fl = Flare(Collaborator(task, client), Retriever(task.corpus()), threshold=0.4, top_k=1, max_steps=2)
     assert fl.answer(ex, stage="t")["retrievals"] == 2 and len(client.prompts) == 3
+
+
+def test_flare_lookahead_mode_probes_short_and_lets_the_answerer_write():
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    probe = ScriptedClient([("Reasoning: Brim", [("Reasoning", 0.9), (":", 0.9), (" Brim", 0.1)]),
+                            ("Reasoning: Brimsholt has", [("Reasoning", 0.9), (" has", 0.9)])])
+    writer = ScriptedClient([("Reasoning: Brimsholt has 7.\nAnswer: 10", [])])
+    fl = Flare(Collaborator(task, probe), Retriever(task.corpus()), threshold=0.4, top_k=2, max_steps=3,
+               lookahead_tokens=8, answerer=Collaborator(task, writer))
+    out = fl.answer(ex, stage="t")
+    # probe 1 unsure -> retrieve; probe 2 (with passages) confident -> stop; the writer answers once
+    assert out["retrievals"] == 1 and out["text"].endswith("Answer: 10")
+    assert len(probe.prompts) == 2 and all(kw["max_tokens"] == 8 and kw["logprobs"] for kw in probe.kwargs)
+    assert writer.prompts == [probe.prompts[1]] and "logprobs" not in writer.kwargs[0]
+    assert all(p in writer.prompts[0] for p in out["passages"])
+
+
+def test_flare_lookahead_without_retrieval_answers_the_standalone_prompt():
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    probe = ScriptedClient([("Reasoning:", [("Reasoning", 0.9), (":", 0.95)])])
+    writer = ScriptedClient([("Answer: 10", [])])
+    fl = Flare(Collaborator(task, probe), Retriever(task.corpus()), lookahead_tokens=8,
+               answerer=Collaborator(task, writer))
+    out = fl.answer(ex, stage="t")
+    assert out["retrievals"] == 0 and len(probe.prompts) == 1
+    assert writer.prompts == [Collaborator(task, writer).alone_prompt(ex)]  # = the strong-alone call (cache hit)
 
 
 def test_retriever_finds_the_document_naming_the_entity():
