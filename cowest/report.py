@@ -95,6 +95,37 @@ def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
             **{f"mcnemar_{k}": v for k, v in mc.items()}}
 
 
+def refinement_breakdown(task: Any, items: Sequence[Any], result: Any) -> dict[str, Any]:
+    """What the strong model did with the weak model's drafts, for one collaboration Result.
+
+    Shares (%) over the test items: the draft's own answer correct, the final answer correct,
+    drafts the strong model fixed (wrong -> right) or broke (right -> wrong), and finals that
+    repeat the draft's answer. CoWest can only help where the strong model reads the draft:
+    a strong model that always repeats the draft's answer turns refinement into the weak
+    model alone; one that never does turns it into the strong model alone.
+    """
+    by_id = {e.id: e for e in items}
+    n = len(result.rows)
+    if n == 0:
+        raise ValueError("refinement_breakdown: the result has no rows")
+    if any("draft" not in r for r in result.rows):
+        raise ValueError(f"refinement_breakdown: {result.method!r} has no drafts (use a 'collab' result)")
+    draft_ok = final_ok = fixed = broken = follows = 0
+    for r in result.rows:
+        e = by_id[r["id"]]
+        d = task.extract(r["draft"], e)
+        d_ok = d is not None and task.score(d, e) >= 1.0
+        f_ok = r["score"] >= 1.0
+        draft_ok += d_ok
+        final_ok += f_ok
+        fixed += (not d_ok) and f_ok
+        broken += d_ok and not f_ok
+        follows += d is not None and r.get("pred") is not None and str(d).strip().lower() == str(r["pred"]).strip().lower()
+    return {"items": n, "draft correct": pct(draft_ok / n), "final correct": pct(final_ok / n),
+            "fixed by strong": pct(fixed / n), "broken by strong": pct(broken / n),
+            "final repeats draft's answer": pct(follows / n)}
+
+
 # ----------------------------------------------------------------------------- index
 # Every table and figure, by the notebook that makes it (the smoke test checks each exists).
 ARTIFACTS: dict[str, dict[str, list[str]]] = {
@@ -102,7 +133,8 @@ ARTIFACTS: dict[str, dict[str, list[str]]] = {
     "02_sft": {"tables": ["sft_summary"], "figures": ["sft_loss"]},
     "03_preferences": {"tables": ["preference_stats"], "figures": ["delta_distribution"]},
     "04_dpo": {"tables": ["dpo_summary"], "figures": ["dpo_curves"]},
-    "05_evaluation": {"tables": ["main_results", "paired_tests"], "figures": ["main_results"]},
+    "05_evaluation": {"tables": ["main_results", "paired_tests", "refinement_breakdown"],
+                      "figures": ["main_results"]},
     "06_format_ablation": {"tables": ["format_ablation"], "figures": ["format_ablation"]},
     "07_strong_ablation": {"tables": ["strong_ablation"], "figures": ["strong_ablation"]},
     "08_weak_ablation": {"tables": ["weak_ablation"], "figures": ["weak_ablation"]},
