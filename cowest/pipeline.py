@@ -506,7 +506,7 @@ class Run:
             fl = baselines.Flare(self.collaborator(task_name, strong, logprobs=True), baselines.Retriever(task.corpus()),
                                  threshold=f.threshold, top_k=f.top_k, max_steps=f.max_steps,
                                  lookahead_tokens=f.lookahead_tokens,
-                                 answerer=self.collaborator(task_name, strong) if f.lookahead_tokens else None)
+                                 answerer=self.collaborator(task_name, strong) if f.lookahead_tokens is not None else None)
             from tqdm.auto import tqdm
 
             rows = []
