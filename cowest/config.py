@@ -54,6 +54,7 @@ class TrainSpec:
     batch_size: int
     grad_accum: int = 1
     max_length: int = 384
+    trl: dict[str, Any] = field(default_factory=dict)  # passed as is to trl.SFTConfig (scheduler, warmup...)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class DPOSpec:
     max_length: int = 384
     beta: float = 0.1  # DPO temperature
     loss_type: str = "sigmoid"  # any TRL DPO loss type
+    trl: dict[str, Any] = field(default_factory=dict)  # passed as is to trl.DPOConfig
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class StrongSpec:
     mode: Literal["chat", "completion"] = "chat"  # completion for base models
     max_tokens: int = 128
     temperature: float = 0.0
+    top_p: float = 1.0
+    system_prompt: str | None = None  # chat mode: a system message before every prompt
+    extra_body: dict[str, Any] = field(default_factory=dict)  # extra fields of every request body
     n_threads: int = 2  # local backend: llama.cpp threads
     n_ctx: int = 2048  # local backend: context size
     concurrency: int = 1  # parallel requests (1 for a local llama.cpp server)
