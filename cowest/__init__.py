@@ -1,21 +1,35 @@
 """CoWest: synergistic weak-strong collaboration by aligning preferences (ACL 2025), reproduced.
 
-Modules, by what they are:
-    config       profiles (YAML) as checked, typed objects
-    assets       the offline model registry (GGUF files from pip packages)
-    tasks        task registry: real datasets and synthetic domains, formats, extraction
-    metrics      EM, token F1, accuracy, macro-F1, bootstrap intervals, paired tests
-    prompts      plain-text prompt templates, versioned
-    weak         the weak model: loading (LoRA / 4-bit QLoRA) and generation
-    strong       the strong model: OpenAI-compatible client, local llama.cpp server
-    cache        request cache (SQLite, replayable) and the cost ledger
-    collaborate  strong alone, strong refining a weak draft
-    preferences  evaluators, the delta rule, pairing
-    train        SFT and DPO over TRL
-    baselines    FLARE and SuperICL
-    pipeline     the stages of a run, with artifacts on disk
-    report       tables and figures
-    runner       papermill execution of the notebooks, the manifest
+The map, one job per module:
+
+    Settings and places
+        config       profiles (YAML) as checked pydantic models; `extends:` and `--set`
+        paths        the project's folders and the results root
+        assets       the offline model registry (GGUF files from pip packages, pinned sha256)
+        prompts      every prompt, as a plain-text template (stages key on its text)
+    The method's parts
+        tasks        task registry: real datasets, synthetic domains (one module each),
+                     extraction, per-item scoring and intervals, the paper's reported numbers
+        metrics      EM, token F1, accuracy, macro-F1, bootstrap intervals, paired tests
+        weak         the weak model: loading (LoRA / 4-bit QLoRA) and generation
+        client       the strong model over an OpenAI-compatible API: cache, retries, ledger
+        server       a local llama.cpp server for the offline strong models
+        cache        request cache (SQLite, replayable) and the cost ledger
+        collaborate  strong alone, strong refining a weak draft
+        preferences  evaluators, the delta rule, pairing, mining
+        train        SFT and DPO over TRL (one config builder and one trainer call each)
+        baselines    FLARE and SuperICL
+    Running it
+        artifacts    files on disk: atomic writes, JSONL, and the stage store (folders keyed by inputs)
+        pipeline     `Pipeline`: the stages of a run, orchestration only
+        notebooks    the numbered notebooks (their list) and `open_run`, the call that opens each
+        execute      papermill rendering of the notebooks, the manifest
+        plan         the dry run: planned strong-model calls and cost
+        report       tables (CSV + Markdown) and figures (PNG + PDF)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+
+class CowestWarning(UserWarning):
+    """A warning of the project's own (rendered notebooks show these, and only these)."""

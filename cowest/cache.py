@@ -4,18 +4,27 @@ Every call to the black-box strong model goes through two objects defined here:
 
 - [`RequestCache`] keeps each answer under a key that hashes *everything that changes the
   answer* (model name, endpoint kind, messages or prompt, sampling parameters, extra
-  server parameters, `sample_index`) and *nothing else*: the base URL or port of the
-  server are not in the key (a local server gets a new port every run, and a cache is
-  meant to be shipped next to the results), and the API key never enters the key, the
-  database or an export.
-- [`Ledger`] records every call (stage, model, cached or not, tokens, latency, cost,
-  error) in the same file, so that totals survive across the separate processes that
-  notebooks and scripts run in, and enforces an optional budget cap *before* a request
-  is sent.
+  server parameters, `sample_index`, and the identity of the endpoint in the field
+  `server`) and *nothing else*: the port of a local server is not in the key (it is new
+  every run, and a cache is meant to be shipped next to the results), and the API key
+  never enters the key, the database or an export. The endpoint identity is what answers
+  the request: for an API, its normalised base URL; for a local llama.cpp server,
+  `"local:<sha256 of the GGUF>"`, which the client leaves out of the request when the
+  model name is an offline asset pinned to that very file (so such keys stay those of
+  earlier versions). See [`cowest.client.StrongClient`].
+- [`Ledger`] records every request sent (each attempt of a retried call has its own row)
+  and every cache hit (stage, model, cached or not, tokens, latency, cost, error) in the
+  same file, so that totals survive across the separate processes that notebooks and
+  scripts run in, and enforces an optional budget cap *before* each request is sent.
+  The worst case of a request is bounded by [`prompt_token_bound`] (a rule that cannot
+  be exceeded) plus its `max_tokens`.
 
 Both open one SQLite connection per thread (and per process: a connection inherited over
 `fork` is never reused) in WAL mode with a busy timeout, so concurrent writers from
 threads and from processes lose nothing.
+
+A file that is not a readable SQLite database raises [`RequestCacheError`], naming the
+file and the fix.
 
 Cache modes:
 
@@ -27,6 +36,7 @@ Cache modes:
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -38,9 +48,9 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping, TypeVar
 
-from cowest.stages import atomic_write_text
+from cowest.artifacts import atomic_write_text
 
 __all__ = [
     "BudgetExceeded",
@@ -48,8 +58,10 @@ __all__ = [
     "CacheMode",
     "Ledger",
     "RequestCache",
+    "RequestCacheError",
     "estimate_tokens",
     "normalize_request",
+    "prompt_token_bound",
     "request_key",
 ]
 
@@ -82,7 +94,9 @@ CREATE TABLE IF NOT EXISTS calls (
     completion_tokens INTEGER NOT NULL,
     latency_s         REAL NOT NULL,
     cost_usd          REAL NOT NULL,
-    error             TEXT
+    error             TEXT,
+    attempt           INTEGER NOT NULL DEFAULT 1,
+    final             INTEGER NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS calls_stage_model ON calls (stage, model);
 """
@@ -96,6 +110,51 @@ class BudgetExceeded(RuntimeError):
     """A call could push the money spent past the ledger's budget cap; nothing was sent."""
 
 
+class RequestCacheError(ValueError):
+    """The cache/ledger file cannot be read as an SQLite database (corrupt, or another file)."""
+
+
+#: Columns added to `calls` after the first version; (name, SQL definition). Older files get
+#: them on open, with the value every older row had (one row per call, always the last).
+_ADDED_CALL_COLUMNS = (("attempt", "INTEGER NOT NULL DEFAULT 1"),
+                       ("final", "INTEGER NOT NULL DEFAULT 1"))
+#: Words of SQLite errors that mean the file itself is unreadable (not a busy database).
+_CORRUPT_WORDS = ("not a database", "malformed", "encrypted", "file is not", "corrupt")
+
+
+def _corrupt(e: sqlite3.DatabaseError) -> bool:
+    if not isinstance(e, sqlite3.OperationalError):
+        return True
+    return any(w in str(e).lower() for w in _CORRUPT_WORDS)
+
+
+def _corrupt_message(path: Path, e: BaseException) -> str:
+    return (
+        f"the strong-model cache file {path} is not a readable SQLite database ({e}). It is "
+        f"corrupt, or another kind of file. Delete it or move it aside (e.g. "
+        f"mv {path} {path}.corrupt, and its -wal and -shm files if any): a new cache is "
+        "created on the next run, and the answers it held will be requested again (paid "
+        "again for an API model) unless you import a shipped export into the new one "
+        "(RequestCache.import_jsonl)."
+    )
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _guarded(method: _F) -> _F:
+    """Turn an SQLite "file is unreadable" error of `method` into [`RequestCacheError`]."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as e:
+            if _corrupt(e):
+                raise RequestCacheError(_corrupt_message(self.path, e)) from None
+            raise
+    return wrapper  # type: ignore[return-value]
+
+
 # ---------------------------------------------------------------------------------------
 # keys
 # ---------------------------------------------------------------------------------------
@@ -105,7 +164,8 @@ def normalize_request(request: Mapping[str, Any]) -> dict[str, Any]:
     """The canonical form of a request: the exact material that is hashed into its key.
 
     Drops the fields that do not change the answer (`base_url`, `api_key`, timeouts,
-    `stage`), writes `temperature`/`top_p` as floats (so `0` and `0.0` are one key), a
+    `stage`; the endpoint's identity, which does, is the field `server`), writes
+    `temperature`/`top_p` as floats (so `0` and `0.0` are one key), a
     single stop string as a one-element list and an empty stop list as `None`, and drops
     `None`-valued fields (an absent field and an explicit `None` mean the same).
     """
@@ -145,8 +205,49 @@ def _prompt_text(request: Mapping[str, Any]) -> str:
 
 
 def estimate_tokens(text: str) -> int:
-    """A rough, provider-independent token count: `ceil(len(text) / 4)`."""
+    """A rough, provider-independent token count: `ceil(len(text) / 4)` (NOT a bound)."""
     return math.ceil(len(text) / 4)
+
+
+#: Tokens allowed per message for the chat template's markers (role headers, separators:
+#: ChatML's `<|im_start|>user\n`...`<|im_end|>\n` is 5, Llama-3's 5, Llama-2's `[INST]`
+#: and `<<SYS>>` wrappers about 10).
+MESSAGE_OVERHEAD_TOKENS = 16
+#: Tokens allowed per request for what a server adds once (BOS, the reply's header, a
+#: default system prompt of the template such as Qwen's or Llama-3.1's, about 25).
+REQUEST_OVERHEAD_TOKENS = 64
+
+
+def _utf8_len(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if value is None:
+        return 0
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+
+def prompt_token_bound(request: Mapping[str, Any] | str) -> int:
+    """An upper bound of the prompt tokens of a request, whatever the tokenizer.
+
+    The rule: the UTF-8 byte length of the text sent (each message's content, role and
+    name; or the completion prompt) plus [`MESSAGE_OVERHEAD_TOKENS`] per message (a
+    completion prompt counts as one message) plus [`REQUEST_OVERHEAD_TOKENS`]. Why it
+    holds: every token of a byte-level BPE (GPT-4's, Llama-3's, Qwen's) or of a
+    SentencePiece model with byte fallback (Llama-2's, Gemma's) stands for at least one
+    byte of the text (SentencePiece's leading-space marker replaces a one-byte space), so
+    the text alone never has more tokens than bytes; the overheads cover the chat
+    template and special tokens. A string is taken as one user message.
+    """
+    if isinstance(request, str):
+        return _utf8_len(request) + MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS
+    if request.get("prompt") is not None:
+        n_bytes, n_messages = _utf8_len(request["prompt"]), 1
+    else:
+        msgs = [m for m in request.get("messages") or [] if isinstance(m, Mapping)]
+        n_bytes = sum(_utf8_len(m.get("content")) + _utf8_len(m.get("role"))
+                      + _utf8_len(m.get("name")) for m in msgs)
+        n_messages = max(1, len(msgs))
+    return n_bytes + MESSAGE_OVERHEAD_TOKENS * n_messages + REQUEST_OVERHEAD_TOKENS
 
 
 # ---------------------------------------------------------------------------------------
@@ -162,7 +263,27 @@ class _Store:
         self.timeout_s = timeout_s
         self._local = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection().executescript(_SCHEMA)  # idempotent; waits on busy_timeout
+        try:
+            con = self.connection()
+            con.executescript(_SCHEMA)  # idempotent; waits on busy_timeout
+            self._migrate(con)
+        except sqlite3.DatabaseError as e:
+            if _corrupt(e):
+                self.close()
+                raise RequestCacheError(_corrupt_message(self.path, e)) from None
+            raise
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        """Add the columns of `calls` that a file written by an older version lacks."""
+        def missing() -> list[tuple[str, str]]:
+            have = {row[1] for row in con.execute("PRAGMA table_info(calls)")}
+            return [(n, d) for n, d in _ADDED_CALL_COLUMNS if n not in have]
+
+        if not missing():
+            return
+        with self.transaction() as tx:  # another process may migrate at the same time
+            for name, definition in missing():
+                tx.execute(f"ALTER TABLE calls ADD COLUMN {name} {definition}")
 
     def connection(self) -> sqlite3.Connection:
         pid = os.getpid()
@@ -218,8 +339,9 @@ class RequestCache:
     A request is a plain dict such as
     `{"model": "gpt-4", "endpoint": "chat", "messages": [...], "temperature": 0.0,
     "top_p": 1.0, "max_tokens": 256, "stop": None, "logprobs": False, "top_logprobs": 0,
-    "seed": None, "extra_body": {}, "sample_index": 0}`; see [`normalize_request`] for what
-    is left out of the key. A response is any JSON-able dict.
+    "seed": None, "extra_body": {}, "sample_index": 0}`, plus `"server": <endpoint identity>`
+    where the client sets one; see [`normalize_request`] for what is left out of the key.
+    A response is any JSON-able dict; the client stores only valid answers.
     """
 
     def __init__(self, path: Path | str, mode: CacheMode = "readwrite") -> None:
@@ -234,6 +356,7 @@ class RequestCache:
 
     # -- lookups -------------------------------------------------------------------------
 
+    @_guarded
     def get(self, request: Mapping[str, Any]) -> dict[str, Any] | None:
         """The stored response of `request`, or `None` on a miss (replay mode: [`CacheMiss`])."""
         if self._store is None:
@@ -248,6 +371,7 @@ class RequestCache:
             raise CacheMiss(self._miss_message(request, key))
         return None
 
+    @_guarded
     def put(self, request: Mapping[str, Any], response: Mapping[str, Any]) -> None:
         """Store `response` under the key of `request` (no-op unless mode is readwrite)."""
         if self._store is None or self.mode != "readwrite":
@@ -262,6 +386,7 @@ class RequestCache:
                  json.dumps(dict(response), ensure_ascii=False), time.time()),
             )
 
+    @_guarded
     def __contains__(self, request: Mapping[str, Any]) -> bool:
         if self._store is None:
             return False
@@ -269,6 +394,7 @@ class RequestCache:
             "SELECT 1 FROM responses WHERE key = ?", (request_key(request),)
         ).fetchone() is not None
 
+    @_guarded
     def __len__(self) -> int:
         if self._store is None:
             return 0
@@ -288,6 +414,7 @@ class RequestCache:
 
     # -- shipping ------------------------------------------------------------------------
 
+    @_guarded
     def export_jsonl(self, path: Path | str) -> int:
         """Write every stored answer as JSONL (gzip when `path` ends in `.gz`); returns rows."""
         path = Path(path)
@@ -314,6 +441,7 @@ class RequestCache:
             atomic_write_text(path, lines)
         return len(rows)
 
+    @_guarded
     def import_jsonl(self, path: Path | str) -> int:
         """Add the answers of an exported file (keys recomputed; existing keys kept).
 
@@ -352,32 +480,44 @@ class RequestCache:
 # ---------------------------------------------------------------------------------------
 
 _SUMMARY_SQL = """
-SELECT stage, model, COUNT(*), COALESCE(SUM(cached), 0), COALESCE(SUM(prompt_tokens), 0),
-       COALESCE(SUM(completion_tokens), 0), COALESCE(SUM(latency_s), 0.0),
-       COALESCE(SUM(cost_usd), 0.0), COALESCE(SUM(error IS NOT NULL), 0)
+SELECT stage, model, COALESCE(SUM(final), 0), COALESCE(SUM(cached), 0),
+       COALESCE(SUM(1 - cached), 0), COALESCE(SUM(cached = 0 AND error IS NOT NULL), 0),
+       COALESCE(SUM(prompt_tokens), 0), COALESCE(SUM(completion_tokens), 0),
+       COALESCE(SUM(latency_s), 0.0), COALESCE(SUM(cost_usd), 0.0),
+       COALESCE(SUM(final AND error IS NOT NULL), 0)
 FROM calls {where} GROUP BY stage, model ORDER BY MIN(id)
 """
-_SUMMARY_FIELDS = ("stage", "model", "calls", "cache_hits", "prompt_tokens",
-                   "completion_tokens", "latency_s", "cost_usd", "errors")
+_SUMMARY_FIELDS = ("stage", "model", "calls", "cache_hits", "requests", "failed_requests",
+                   "prompt_tokens", "completion_tokens", "latency_s", "cost_usd", "errors")
+_CALL_COLUMNS = ("id", "ts", "stage", "model", "cached", "prompt_tokens", "completion_tokens",
+                 "latency_s", "cost_usd", "error", "attempt", "final")
 
 
 class Ledger:
-    """Every strong-model call, persistently, with per-stage totals and a budget cap.
+    """Every strong-model request and cache hit, persistently, with totals and a budget cap.
 
     Args:
         path: the SQLite file (usually the one the [`RequestCache`] uses).
         budget_usd: the cap on money spent over the whole ledger file (all stages, all
-            processes); `None` for no cap. Before a call that is not answered from the
-            cache, `spent + worst case of this call` must stay within the cap, or
-            [`BudgetExceeded`] is raised and nothing is sent.
+            processes); `None` for no cap. Before each request (each attempt of a retried
+            call too), `spent + in flight in this process + worst case of this request`
+            must stay within the cap, or [`BudgetExceeded`] is raised and nothing is sent.
         prices: USD per 1M input and output tokens by model name, `{model: (in, out)}`;
-            used when [`record`] is not given prices explicitly. Unknown models cost 0.
+            used when [`record`] is not given prices explicitly. Unknown models cost 0
+            (the client refuses to build for an API model without prices unless it is
+            declared free, see `StrongSpec.free`).
 
-    What the totals mean: `calls` counts every call (cache hits included), `cache_hits`
-    those answered from the cache, `prompt_tokens`/`completion_tokens` the tokens of every
-    call (what the method consumed, cache hits included), `latency_s` and `cost_usd` what
-    was actually spent (a cache hit costs nothing and takes ~0 s), `errors` the calls that
-    failed or returned a malformed/empty answer.
+    One row per request sent (`attempt` = 1, 2, ... within its call; `final` = 1 on the
+    row that settled the call: the answer, the last failure, or a refusal) and one per
+    cache hit (`attempt` 1, `final` 1). What the totals mean: `calls` counts the calls
+    (cache hits included, each retried call once), `cache_hits` those answered from the
+    cache, `requests` the HTTP requests sent (every attempt, retries included; `calls -
+    cache_hits` of older files), `failed_requests` those that failed (retried or not),
+    `prompt_tokens`/`completion_tokens` the tokens of every row (as reported by the server;
+    estimates where it reported none; a failed request without a reply has 0),
+    `latency_s` and `cost_usd` what was spent (a cache hit costs nothing and takes ~0 s; a
+    request without reported usage costs its worst case), `errors` the calls left without
+    an answer (failed after their retries, refused, or malformed/empty at the end).
     """
 
     def __init__(self, path: Path | str, *, budget_usd: float | None = None,
@@ -405,12 +545,15 @@ class Ledger:
         """USD for a call, with prices in USD per 1M input / output tokens."""
         return (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
 
-    def worst_case_cost(self, model: str, prompt_text: str, max_tokens: int, *,
-                        price_in: float | None = None, price_out: float | None = None) -> float:
-        """Upper estimate of one call: `len(prompt_text)/4` input and `max_tokens` output."""
+    def worst_case_cost(self, model: str, prompt_text: str | Mapping[str, Any],
+                        max_tokens: int, *, price_in: float | None = None,
+                        price_out: float | None = None) -> float:
+        """The most one request can cost: [`prompt_token_bound`] of `prompt_text` (a text,
+        taken as one message, or a request dict) input tokens and `max_tokens` output."""
         p_in, p_out = self.price(model, price_in, price_out)
-        return self.cost(estimate_tokens(prompt_text), max_tokens, p_in, p_out)
+        return self.cost(prompt_token_bound(prompt_text), max_tokens, p_in, p_out)
 
+    @_guarded
     def spent(self) -> float:
         """USD spent so far over the whole ledger file (every process, every stage)."""
         return float(self._store.connection().execute(
@@ -455,23 +598,31 @@ class Ledger:
 
     # -- records -------------------------------------------------------------------------
 
+    @_guarded
     def record(self, stage: str, model: str, *, cached: bool, prompt_tokens: int = 0,
                completion_tokens: int = 0, latency_s: float = 0.0, error: str | None = None,
                price_in: float | None = None, price_out: float | None = None,
-               cost_usd: float | None = None) -> float:
-        """Add one call; returns its cost (0 for a cache hit)."""
+               cost_usd: float | None = None, attempt: int = 1, final: bool = True) -> float:
+        """Add one request (or cache hit); returns its cost (0 for a cache hit).
+
+        `cost_usd` overrides the cost computed from the tokens (used for a request whose
+        usage the server did not report: its worst case). `attempt`/`final`: see the class.
+        """
         if cost_usd is None:
             p_in, p_out = self.price(model, price_in, price_out)
             cost_usd = 0.0 if cached else self.cost(prompt_tokens, completion_tokens, p_in, p_out)
         with self._store.transaction() as con:
             con.execute(
                 "INSERT INTO calls (ts, stage, model, cached, prompt_tokens, completion_tokens,"
-                " latency_s, cost_usd, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " latency_s, cost_usd, error, attempt, final)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (time.time(), stage, model, int(cached), int(prompt_tokens),
-                 int(completion_tokens), float(latency_s), float(cost_usd), error),
+                 int(completion_tokens), float(latency_s), float(cost_usd), error,
+                 int(attempt), int(bool(final))),
             )
         return cost_usd
 
+    @_guarded
     def summary(self, stage: str | None = None) -> list[dict[str, Any]]:
         """Totals per (stage, model), in the order stages first appeared."""
         where, args = ("WHERE stage = ?", (stage,)) if stage is not None else ("", ())
@@ -487,10 +638,10 @@ class Ledger:
                 out[f] += row[f]
         return out
 
+    @_guarded
     def calls(self, stage: str | None = None) -> list[dict[str, Any]]:
-        """Every recorded call (for audits), oldest first."""
-        cols = ("id", "ts", "stage", "model", "cached", "prompt_tokens", "completion_tokens",
-                "latency_s", "cost_usd", "error")
+        """Every recorded row (for audits), oldest first."""
+        cols = _CALL_COLUMNS
         where, args = ("WHERE stage = ?", (stage,)) if stage is not None else ("", ())
         rows = self._store.connection().execute(
             f"SELECT {', '.join(cols)} FROM calls {where} ORDER BY id", args).fetchall()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cowest import prompts
-from cowest.strong import Completion, StrongClient
+from cowest.client import Completion, StrongClient
 from cowest.tasks.base import Example, Task
 
 

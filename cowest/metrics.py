@@ -14,8 +14,9 @@ Conventions:
   `f1_score(average="macro", labels=labels, zero_division=0)`. A `None` prediction or one
   outside `labels` is simply wrong: it counts as a false negative of the gold label and as
   a false positive of no label.
-- Confidence intervals are percentile bootstrap intervals; `paired_bootstrap` and
-  `mcnemar` compare two systems on the same items.
+- Confidence intervals are percentile bootstrap intervals; `metric_interval` picks the
+  interval of each task metric (per-item mean for em/accuracy/f1, resampled corpus-level
+  macro-F1); `paired_bootstrap` and `mcnemar` compare two systems on the same items.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import math
 import re
 import string
 from collections import Counter
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -165,6 +166,42 @@ def bootstrap_metric_ci(
         idx = rng.integers(0, n, size=n)
         values[b] = metric_fn([preds[i] for i in idx], [golds[i] for i in idx], **metric_kwargs)
     return _percentile_interval(values, alpha)
+
+
+# Which per-item quantity each task metric's interval resamples (see `metric_interval`).
+_ROW_SCORE_KEY = {"em": "score", "accuracy": "score", "f1": "f1"}
+
+
+def metric_interval(
+    metric: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    labels: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of one task metric over scored rows.
+
+    `rows` are per-item dicts as written by `Task.score_row` ("pred", "gold", "score" and,
+    for free-form tasks, "f1"). The interval is chosen by the metric's name:
+    - "em" and "accuracy": `bootstrap_ci` of the per-item "score" (EM or 1/0 correctness);
+    - "f1": `bootstrap_ci` of the per-item token "f1";
+    - "macro_f1": `bootstrap_metric_ci` of `macro_f1` over the rows' "pred" and "gold"
+      with `labels` (resampling items and recomputing the corpus-level metric).
+    Any other name is a ValueError.
+    """
+    if metric in _ROW_SCORE_KEY:
+        key = _ROW_SCORE_KEY[metric]
+        return bootstrap_ci([r[key] for r in rows], n_boot=n_boot, alpha=alpha, seed=seed)
+    if metric == "macro_f1":
+        labs = list(labels or [])
+        return bootstrap_metric_ci(
+            lambda p, g: macro_f1(p, g, labs), [r["pred"] for r in rows], [r["gold"] for r in rows],
+            n_boot=n_boot, alpha=alpha, seed=seed,
+        )
+    known = sorted([*_ROW_SCORE_KEY, "macro_f1"])
+    raise ValueError(f"no interval defined for metric {metric!r}; known: {', '.join(known)}")
 
 
 def _bootstrap_p_value(

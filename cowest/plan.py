@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cowest.config import Profile, StrongSpec
+from cowest.preferences import JUDGE_MAX_TOKENS
 
 # typical prompt tokens per call kind (measured on the synthetic domains; real datasets with
 # long MedMCQA stems or dialogue contexts run longer, hence the margin)
 PROMPT_TOKENS = {"alone": 250, "refine": 350, "judge": 300, "flare": 450, "supericl": 700}
-JUDGE_MAX_TOKENS = 12
 FLARE_RETRIEVAL_SHARE = 0.5  # share of items expected to trigger one retrieval (upper estimate)
 # Seconds per uncached call of a local llama.cpp server on the 2-core CPU machines of this
 # project (measured 2026-11-26: ~100-token prompt sharing a prefix with the previous one,

@@ -30,17 +30,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
 
 from cowest import prompts
-from cowest.strong import StrongClient
+from cowest.client import StrongClient
 from cowest.tasks.base import Example, Task
 
 MAX_SCORE = 10.0
+JUDGE_MAX_TOKENS = 12  # "Score: N" and nothing else
 
 
 class Evaluator(Protocol):
     name: str
 
-    def score(self, task: Task, examples: Sequence[Example], responses: Sequence[str], *, stage: str) -> list[float]:
-        """One score in [0, 10] per (example, response)."""
+    def score(self, task: Task, examples: Sequence[Example], responses: Sequence[str], *,
+              stage: str) -> list[float | None]:
+        """One score in [0, 10] per (example, response); None where scoring itself failed."""
         ...
 
 
@@ -93,16 +95,21 @@ class LLMJudge:
             "judge", question=task.render_question(ex), gold=task.answer_text(ex), response=response.strip()
         )
 
-    def score(self, task: Task, examples: Sequence[Example], responses: Sequence[str], *, stage: str) -> list[float]:
+    def score(self, task: Task, examples: Sequence[Example], responses: Sequence[str], *,
+              stage: str) -> list[float | None]:
+        """Rubric scores; None where the judge's call failed (never a 0 that would read as wrong)."""
         replies = self.client.complete_many(
             [self.prompt(task, e, r) for e, r in zip(examples, responses, strict=True)],
             stage=stage,
             desc=f"{stage}: judge",
-            max_tokens=12,
+            max_tokens=JUDGE_MAX_TOKENS,
             temperature=0.0,
         )
-        scores = []
+        scores: list[float | None] = []
         for c in replies:
+            if c.error is not None:
+                scores.append(None)
+                continue
             s = parse_judge_score(c.text)
             if s is None:
                 self.unparsed += 1
@@ -136,9 +143,9 @@ def make_pairs(
     drafts: Sequence[str],
     deltas: Sequence[float],
     *,
-    pairing: str = "all",
-    max_pairs: int = 4,
-    seed: int = 0,
+    pairing: str,
+    max_pairs: int,
+    seed: int,
 ) -> list[Pair]:
     """Pairs (positive, negative) drafts of one query by the delta rule.
 
@@ -157,9 +164,9 @@ def make_single_feedback_pairs(
     drafts: Sequence[str],
     scores: Sequence[float],
     *,
-    pairing: str = "all",
-    max_pairs: int = 4,
-    seed: int = 0,
+    pairing: str,
+    max_pairs: int,
+    seed: int,
 ) -> list[Pair]:
     """RLWF: pairs drafts by their own scores; a higher-scored draft beats a lower one."""
     if len(drafts) != len(scores):
@@ -205,11 +212,12 @@ def _pair(
 
 def summarize(records: Sequence[dict[str, Any]], pairs: Sequence[Pair]) -> dict[str, Any]:
     """Share of positive drafts, pairs per query, the delta distribution."""
-    deltas = [d for r in records for d in r["deltas"]]
+    deltas = [d for r in records for d in r["deltas"] if d is not None]
     n_q = len(records)
     with_pairs = len({p.query_id for p in pairs})
-    only_pos = sum(1 for r in records if r["deltas"] and all(is_positive(d) for d in r["deltas"]))
-    only_neg = sum(1 for r in records if r["deltas"] and not any(is_positive(d) for d in r["deltas"]))
+    scored = [[d for d in r["deltas"] if d is not None] for r in records]
+    only_pos = sum(1 for ds in scored if ds and all(is_positive(d) for d in ds))
+    only_neg = sum(1 for ds in scored if ds and not any(is_positive(d) for d in ds))
     return {
         "queries": n_q,
         "drafts": len(deltas),
@@ -221,3 +229,78 @@ def summarize(records: Sequence[dict[str, Any]], pairs: Sequence[Pair]) -> dict[
         "pairs_per_query": len(pairs) / n_q if n_q else 0.0,
         "delta_mean": sum(deltas) / len(deltas) if deltas else 0.0,
     }
+
+
+# ----------------------------------------------------------------------------- mining
+def _score_completions(evaluator: Evaluator, task: Task, examples: Sequence[Example], replies: Sequence[Any],
+                       stage: str) -> list[float | None]:
+    """Scores of strong-model replies; None for a failed reply (a failure is never a wrong answer)."""
+    ok = [i for i, c in enumerate(replies) if c.error is None and c.text.strip()]
+    scores = evaluator.score(task, [examples[i] for i in ok], [replies[i].text for i in ok], stage=stage)
+    out: list[float | None] = [None] * len(replies)
+    for i, sc in zip(ok, scores):
+        out[i] = sc
+    return out
+
+
+def mine(
+    task: Task,
+    queries: Sequence[Example],
+    drafts: Sequence[Sequence[str]],
+    weak_prompts: Sequence[str],
+    evaluator: Evaluator,
+    *,
+    collaborator: Any | None,
+    pairing: str,
+    max_pairs: int,
+    seed: int,
+    stage: str,
+) -> tuple[list[dict[str, Any]], list[Pair], dict[str, Any]]:
+    """Preference mining over k drafts per query: ``(records, pairs, stats)``.
+
+    With a ``collaborator`` (a `cowest.collaborate.Collaborator`) this is CoWest: each
+    draft is refined by the strong model and scored against the strong model's standalone
+    answer (the delta rule). Without one it is RLWF: the drafts are scored on their own and
+    no strong-model call is made. A failed strong-model or judge reply gives no score
+    (``None``): its draft, or its whole query when the standalone answer failed, is left out
+    of pairing, and ``stats["failed"]`` counts them (the pipeline then leaves the stage
+    unfinished, so a rerun asks again for exactly those replies).
+    """
+    flat_ex = [e for e, ds in zip(queries, drafts) for _ in ds]
+    flat_d = [d for ds in drafts for d in ds]
+    failed = 0
+    if collaborator is not None:
+        alone_c = collaborator.alone(queries, stage=stage)
+        refined_c = collaborator.refine(flat_ex, flat_d, stage=stage)
+        alone, refined = [c.text for c in alone_c], [c.text for c in refined_c]
+        z_scores = _score_completions(evaluator, task, queries, alone_c, stage)
+        r_scores = _score_completions(evaluator, task, flat_ex, refined_c, stage)
+    else:
+        alone, refined, z_scores = [""] * len(queries), [""] * len(flat_d), [0.0] * len(queries)
+        r_scores = list(evaluator.score(task, flat_ex, flat_d, stage=stage))
+    records: list[dict[str, Any]] = []
+    pairs: list[Pair] = []
+    i = 0
+    for e, ds, p, z, zs in zip(queries, drafts, weak_prompts, alone, z_scores):
+        rs, ref = r_scores[i : i + len(ds)], refined[i : i + len(ds)]
+        i += len(ds)
+        if collaborator is not None:
+            deltas = [None if r is None or zs is None else r - zs for r in rs]
+        else:
+            deltas = list(rs)  # RLWF: the drafts' own scores
+        failed += (zs is None) + sum(d is None for d in deltas)
+        scored = [(d, x) for d, x in zip(ds, deltas) if x is not None]
+        make = make_pairs if collaborator is not None else make_single_feedback_pairs
+        qp = make(e.id, p, [d for d, _ in scored], [x for _, x in scored], pairing=pairing, max_pairs=max_pairs,
+                  seed=seed) if scored else []
+        pairs.extend(qp)
+        records.append({"id": e.id, "gold": task.answer_text(e), "strong_alone": z, "alone_score": zs,
+                        "drafts": list(ds), "refined": ref, "scores": rs, "deltas": deltas})
+    if collaborator is not None:
+        stats = summarize(records, pairs)
+    else:
+        stats = {"queries": len(records), "drafts": len(flat_d), "pairs": len(pairs),
+                 "queries_with_pairs": len({q.query_id for q in pairs})}
+    stats.update({"feedback": "collab" if collaborator is not None else "single", "evaluator": evaluator.name,
+                  "judge_unparsed": getattr(evaluator, "unparsed", 0), "failed": failed})
+    return records, pairs, stats

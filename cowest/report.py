@@ -1,7 +1,8 @@
-"""Tables (CSV + Markdown) and figures (PNG + PDF), and the paper's numbers to set beside ours.
+"""Tables (CSV + Markdown), figures (PNG + PDF) and the diagnostics behind them.
 
-The paper's numbers are only ever shown in columns or rows labelled "paper", next to ours;
-nothing here feeds them into a computation.
+The paper's reported numbers live in `cowest/tasks/paper_numbers.yaml` and are loaded with
+`cowest.tasks.paper_numbers()`; they are only ever shown in columns or rows labelled
+"paper", next to ours, and nothing here feeds them into a computation.
 """
 
 from __future__ import annotations
@@ -12,24 +13,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from cowest.stages import atomic_write_text
-
-# Main table of the paper (percent). Keys: method -> domain -> (metric1, metric2).
-PAPER_MAIN: dict[str, dict[str, tuple[float, float]]] = {
-    "Weak (SFT)": {"ifqa": (69.71, 72.69), "medmcqa": (73.08, 58.26), "prosocial": (64.29, 62.40)},
-    "Strong (CoT)": {"ifqa": (57.42, 65.60), "medmcqa": (71.80, 57.69), "prosocial": (39.00, 39.58)},
-    "FLARE": {"ifqa": (62.07, 70.59), "medmcqa": (72.40, 58.89), "prosocial": (55.27, 54.97)},
-    "SuperICL": {"ifqa": (68.85, 74.82), "medmcqa": (73.64, 58.33), "prosocial": (66.18, 63.86)},
-    "RLWF": {"ifqa": (70.52, 75.04), "medmcqa": (72.01, 57.65), "prosocial": (64.85, 62.10)},
-    "CoWest": {"ifqa": (75.85, 77.34), "medmcqa": (75.10, 60.13), "prosocial": (68.33, 65.61)},
-}
-PAPER_MODELS = "weak: Llama-3-8B; strong: GPT-4 (IfQA, MedMCQA), GPT-3.5-Turbo (ProsocialDialog)"
-# Strong-model ablation of the paper (accuracy, IfQA / Prosocial).
-PAPER_STRONG_ABLATION = {"GPT-4": (75.9, 38.2), "Llama-3-70B": (72.1, 62.3), "GPT-3.5-Turbo": (70.8, 68.3),
-                         "Llama-2-70B": (68.5, 55.7)}
-# The paper domain each synthetic domain stands in for.
-PAPER_DOMAIN = {"synth_ifqa": "ifqa", "synth_med": "medmcqa", "synth_safety": "prosocial",
-                "ifqa": "ifqa", "medmcqa": "medmcqa", "prosocial": "prosocial"}
+from cowest.artifacts import atomic_write_text
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.1f}") -> str:
@@ -79,6 +63,7 @@ def result_row(result: Any, metrics: Sequence[str]) -> dict[str, Any]:
         row[m] = pct(v)
         row[f"{m} 95% CI"] = f"[{pct(result.metrics[m + '_lo']):.1f}, {pct(result.metrics[m + '_hi']):.1f}]"
     row["unparseable"] = int(result.metrics.get("unparseable", 0))
+    row["failed calls"] = int(result.metrics.get("failed", 0))
     return row
 
 
@@ -127,45 +112,20 @@ def refinement_breakdown(task: Any, items: Sequence[Any], result: Any) -> dict[s
 
 
 # ----------------------------------------------------------------------------- index
-# Every table and figure, by the notebook that makes it (the smoke test checks each exists).
-ARTIFACTS: dict[str, dict[str, list[str]]] = {
-    "01_data": {"tables": ["data_sizes", "label_balance"], "figures": ["label_balance"]},
-    "02_sft": {"tables": ["sft_summary"], "figures": ["sft_loss"]},
-    "03_preferences": {"tables": ["preference_stats"], "figures": ["delta_distribution"]},
-    "04_dpo": {"tables": ["dpo_summary"], "figures": ["dpo_curves"]},
-    "05_evaluation": {"tables": ["main_results", "paired_tests", "refinement_breakdown"],
-                      "figures": ["main_results"]},
-    "06_format_ablation": {"tables": ["format_ablation"], "figures": ["format_ablation"]},
-    "07_strong_ablation": {"tables": ["strong_ablation"], "figures": ["strong_ablation"]},
-    "08_weak_ablation": {"tables": ["weak_ablation"], "figures": ["weak_ablation"]},
-    "09_preference_volume": {"tables": ["preference_volume"], "figures": ["preference_volume"]},
-    "10_beyond_the_paper": {
-        "tables": ["rounds", "evaluator_choice", "evaluator_agreement", "theory_check", "cost_latency"],
-        "figures": ["rounds"],
-    },
-}
-
-
-def expected_files(root: Path) -> list[Path]:
-    out = []
-    for spec in ARTIFACTS.values():
-        out += [root / "tables" / f"{t}.{ext}" for t in spec["tables"] for ext in ("csv", "md")]
-        out += [root / "figures" / f"{f}.{ext}" for f in spec["figures"] for ext in ("png", "pdf")]
-    return out
-
-
 def write_index(root: Path, profile: str, manifest: dict[str, Any]) -> Path:
     """`results/<profile>/README.md`: every table and figure, linked to its notebook."""
     lines = [f"# Results of the `{profile}` profile", "",
              "Made by `./reproduce.sh --profile " + profile + "`; see `manifest.json` for the commit, "
              "versions, seeds, wall times and the ledger of strong-model calls.", "",
              "| notebook | status | minutes | tables | figures |", "|---|---|---|---|---|"]
-    for nb, spec in ARTIFACTS.items():
-        info = manifest.get("notebooks", {}).get(f"{nb}.ipynb", {})
-        tables = ", ".join(f"[{t}](tables/{t}.md)" for t in spec["tables"] if (root / "tables" / f"{t}.md").exists())
-        figs = ", ".join(f"[{f}](figures/{f}.png)" for f in spec["figures"] if (root / "figures" / f"{f}.png").exists())
+    from cowest.notebooks import NOTEBOOKS
+
+    for nb in NOTEBOOKS:
+        info = manifest.get("notebooks", {}).get(nb.file, {})
+        tables = ", ".join(f"[{t}](tables/{t}.md)" for t in nb.tables if (root / "tables" / f"{t}.md").exists())
+        figs = ", ".join(f"[{f}](figures/{f}.png)" for f in nb.figures if (root / "figures" / f"{f}.png").exists())
         mins = f"{info['seconds'] / 60:.1f}" if "seconds" in info else ""
-        lines.append(f"| [{nb}](notebooks/{nb}.ipynb) | {info.get('status', 'not run')} | {mins} | {tables} | {figs} |")
+        lines.append(f"| [{nb.stem}](notebooks/{nb.file}) | {info.get('status', 'not run')} | {mins} | {tables} | {figs} |")
     total = manifest.get("total_seconds")
     if total:
         lines += ["", f"Total wall time of the last full run: {total / 60:.1f} minutes."]

@@ -15,13 +15,16 @@ through this module so that training (SFT, DPO) and inference see exactly the sa
   ``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama-3; the tokenizer's EOS for base
   models). Training appends it; generation stops on it.
 
-The CPU 4-bit trap (see shared/OFFLINE_MODELS.md): on a CPU, a bitsandbytes 4-bit model
-used for inference in eval mode before it is trained can silently get wrong gradients
-afterwards. A model loaded with ``load_weak(..., quantization="4bit", trainable=True)``
-is therefore flagged, and :func:`generate`, :func:`completion_logprobs` and
-:func:`answer_confidence` refuse it with a :class:`FourBitTrapError` until training
-clears the flag (``cowest.train`` does this through :func:`mark_trained`). To look at the
-model before training, load a second, non-trainable copy.
+The CPU 4-bit trap: on a CPU (measured with bitsandbytes 0.50.2), any inference in eval
+mode (a ``generate()`` call) on a 4-bit NF4 model before it is trained repacks its 4-bit
+weights, and the gradients through those layers are silently wrong from then on (the only
+sign is a warning that ``gemv_4bit`` has no autograd kernel); a freshly loaded model
+trained in ``train()`` mode learns as fast as float32 LoRA. A model loaded with
+``load_weak(..., quantization="4bit", trainable=True)`` is therefore flagged, and
+:func:`generate`, :func:`completion_logprobs` and :func:`answer_confidence` refuse it with
+a :class:`FourBitTrapError` until training clears the flag (``cowest.train`` does this
+through :func:`mark_trained`). To look at the model before training, load a second,
+non-trainable copy.
 """
 
 from __future__ import annotations
@@ -81,10 +84,11 @@ def load_tokenizer(source: str | Path) -> Any:
 def load_weak(
     model: str | Path,
     *,
-    quantization: Quantization = "none",
+    quantization: Quantization,
     adapter: Path | None = None,
     trainable: bool = False,
     device: str | None = None,
+    merge: bool = True,
 ) -> tuple[Any, Any]:
     """Load the weak model and its tokenizer.
 
@@ -92,14 +96,24 @@ def load_weak(
         model: a local folder (e.g. ``cowest.assets.hf_folder("smollm2-135m")``) or a hub id
             (e.g. ``meta-llama/Meta-Llama-3-8B-Instruct``; needs hub access or a local cache).
         quantization: ``"none"`` (bfloat16 on CUDA, float32 on CPU) or ``"4bit"`` (NF4,
-            double quantisation, compute dtype bfloat16 on CUDA and float32 on CPU).
-        adapter: a saved LoRA adapter folder; the result is then a ``PeftModel`` whose
-            adapter is named ``"default"``. Its tokenizer is used when the folder has one.
+            double quantisation, compute dtype bfloat16 on CUDA and float32 on CPU). No
+            default: the pipeline passes the profile's ``WeakSpec.quantization``.
+        adapter: a saved LoRA adapter folder. Its tokenizer is used when the folder has one.
+            For inference (``trainable=False``, ``quantization="none"``, ``merge=True``) the
+            adapter is merged into the base weights (``merge_and_unload``) and the result is a
+            plain transformers model: generation then runs one matrix product per adapted
+            layer instead of three (``benchmarks/levers.py`` measures the gain), with the same
+            greedy outputs in float32 (``tests/test_weak.py``). Otherwise (training, 4-bit weights,
+            which cannot absorb the update exactly, or ``merge=False``) the result is a
+            ``PeftModel`` whose adapter is named ``"default"``.
         trainable: prepare for training: 4-bit models go through
             ``prepare_model_for_kbit_training`` (without gradient checkpointing) and are
             flagged against the CPU 4-bit trap (module docstring); an adapter is loaded
             trainable. Otherwise the model is frozen and in eval mode.
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; default CUDA when available.
+        merge: merge an inference adapter into the weights (see ``adapter``). In bfloat16
+            (CUDA) the merged weights are rounded once to bfloat16, which can change a rare
+            near-tie of greedy decoding; pass ``merge=False`` to keep the adapter separate.
 
     Returns:
         ``(model, tokenizer)``; the tokenizer pads on the left and has a pad token.
@@ -144,6 +158,8 @@ def load_weak(
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, str(adapter), is_trainable=trainable)
+        if merge and not trainable and quantization == "none":
+            net = net.merge_and_unload()  # plain weights W + scale * B @ A: a faster generate()
 
     if trainable:
         net.train()
@@ -296,8 +312,8 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     num_samples: int = 1,
-    seed: int = 0,
-    batch_size: int = 8,
+    seed: int,
+    batch_size: int,
     desc: str | None = None,
     stop: Sequence[str] | None = None,
 ) -> list[list[str]]:
@@ -310,6 +326,8 @@ def generate(
       batching gives different, equally valid samples.
     * ``batch_size`` prompts per forward pass (each expanded into ``num_samples``
       sequences), left-padded, sorted by length; the result is in the input order.
+      ``max_new_tokens``, ``batch_size`` and ``seed`` have no default: the pipeline passes
+      the profile's ``WeakSpec.max_new_tokens``, ``WeakSpec.gen_batch_size`` and seed.
     * Stops at the end token (:func:`end_token`) or any EOS of the model; completions are
       decoded without special tokens. ``stop`` strings additionally cut the text (default:
       :data:`BASE_STOP` for models without a chat template, none otherwise).

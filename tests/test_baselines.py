@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 from cowest.baselines import Flare, Retriever, low_confidence_query
 from cowest.collaborate import Collaborator
-from cowest.strong import Completion
+from cowest.client import Completion
 from cowest.tasks import get_task
 
 
@@ -49,7 +49,8 @@ def test_flare_loop_retrieves_then_stops_when_confident():
     unsure = ("Answer: 3", [("Answer", 0.9), (":", 0.9), (" 3", 0.1)])
     sure = ("Answer: 10", [("Answer", 0.9), (":", 0.9), (" 10", 0.95)])
     client = ScriptedClient([unsure, sure])
-    fl = Flare(Collaborator(task, client), Retriever(task.corpus()), threshold=0.4, top_k=2, max_steps=3)
+    fl = Flare(Collaborator(task, client), Retriever(task.corpus()), threshold=0.4, top_k=2, max_steps=3,
+               lookahead_tokens=None)
     out = fl.answer(ex, stage="t")
     assert out["retrievals"] == 1 and out["text"] == "Answer: 10"
     assert len(client.prompts) == 2
@@ -61,7 +62,8 @@ def test_flare_respects_max_steps():
     task = get_task("synth_ifqa")
     ex = task.load("test", 1, 0)[0]
     client = ScriptedClient([("Answer: 3", [(" 3", 0.1)])])
-    fl = Flare(Collaborator(task, client), Retriever(task.corpus()), threshold=0.4, top_k=1, max_steps=2)
+    fl = Flare(Collaborator(task, client), Retriever(task.corpus()), threshold=0.4, top_k=1, max_steps=2,
+               lookahead_tokens=None)
     assert fl.answer(ex, stage="t")["retrievals"] == 2 and len(client.prompts) == 3
 
 
@@ -86,7 +88,7 @@ def test_flare_lookahead_without_retrieval_answers_the_standalone_prompt():
     ex = task.load("test", 1, 0)[0]
     probe = ScriptedClient([("Reasoning:", [("Reasoning", 0.9), (":", 0.95)])])
     writer = ScriptedClient([("Answer: 10", [])])
-    fl = Flare(Collaborator(task, probe), Retriever(task.corpus()), lookahead_tokens=8,
+    fl = Flare(Collaborator(task, probe), Retriever(task.corpus()), threshold=0.4, top_k=2, max_steps=3, lookahead_tokens=8,
                answerer=Collaborator(task, writer))
     out = fl.answer(ex, stage="t")
     assert out["retrievals"] == 0 and len(probe.prompts) == 1
@@ -107,7 +109,7 @@ def test_supericl_confidence_from_a_real_tiny_model_and_prompt():
     from cowest.weak import answer_confidence, load_weak, render_prompt
 
     torch.set_num_threads(1)
-    model, tok = load_weak(hf_folder("smollm2-135m"))
+    model, tok = load_weak(hf_folder("smollm2-135m"), quantization="none")
     prompt = render_prompt(tok, "What is the capital of France? Reply with the answer only.")
     sure = answer_confidence(model, tok, prompt, "Answer: Paris", "Paris")
     unsure = answer_confidence(model, tok, prompt, "Answer: Zyxwvut", "Zyxwvut")

@@ -5,17 +5,22 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing as mp
+import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
 
 from cowest.cache import (
+    MESSAGE_OVERHEAD_TOKENS,
+    REQUEST_OVERHEAD_TOKENS,
     BudgetExceeded,
     CacheMiss,
     Ledger,
     RequestCache,
+    RequestCacheError,
     normalize_request,
+    prompt_token_bound,
     request_key,
 )
 
@@ -73,6 +78,7 @@ def test_key_ignores_where_the_server_is_and_who_asks():
     ("seed", 1),
     ("extra_body", {"repeat_penalty": 1.1}),
     ("sample_index", 1),
+    ("server", "https://api.example.com/v1"),  # the endpoint's identity (not its port)
 ])
 def test_key_changes_with_everything_that_changes_the_answer(field, value):
     assert request_key({**BASE, field: value}) != request_key(BASE)
@@ -220,18 +226,105 @@ def test_ledger_summary_totals_cost_and_persistence(tmp_path: Path):
 
 
 def test_budget_cap_raises_with_a_clear_message(tmp_path: Path):
-    led = Ledger(tmp_path / "c.sqlite", budget_usd=0.05, prices={"gpt-4": (30.0, 60.0)})
-    worst = led.worst_case_cost("gpt-4", "x" * 4000, 256)  # 1000 in + 256 out
-    assert worst == pytest.approx((1000 * 30 + 256 * 60) / 1e6)
-    led.check_budget("gpt-4", worst)  # 0.045 <= 0.05
+    led = Ledger(tmp_path / "c.sqlite", budget_usd=0.15, prices={"gpt-4": (30.0, 60.0)})
+    worst = led.worst_case_cost("gpt-4", "x" * 4000, 256)  # 4000 + 16 + 64 in + 256 out
+    assert worst == pytest.approx((4080 * 30 + 256 * 60) / 1e6)
+    led.check_budget("gpt-4", worst)  # 0.13776 <= 0.15
     led.record("s", "gpt-4", cached=False, prompt_tokens=1000, completion_tokens=100)
     with pytest.raises(BudgetExceeded) as ei:
         led.check_budget("gpt-4", worst)
     msg = str(ei.value)
-    assert "$0.0360 spent" in msg and "cap is $0.0500" in msg and "budget_usd" in msg
+    assert "$0.0360 spent" in msg and "cap is $0.1500" in msg and "budget_usd" in msg
     led2 = Ledger(tmp_path / "d.sqlite", budget_usd=0.05)
     with led2.reserve("m", 0.03):  # calls in flight in this process count too
         with pytest.raises(BudgetExceeded, match="in flight"):
             led2.check_budget("m", 0.03)
     led2.check_budget("m", 0.03)  # released
     Ledger(tmp_path / "c.sqlite", budget_usd=None).check_budget("gpt-4", 1e9)  # no cap
+
+
+def test_ledger_counts_calls_requests_and_retries(tmp_path: Path):
+    led = Ledger(tmp_path / "c.sqlite")
+    # a call answered at its 3rd attempt, a call that failed 2 times, a cache hit
+    led.record("s", "m", cached=False, error="HTTP 500", attempt=1, final=False, cost_usd=0.1)
+    led.record("s", "m", cached=False, error="timeout", attempt=2, final=False, cost_usd=0.1)
+    led.record("s", "m", cached=False, prompt_tokens=5, completion_tokens=2, attempt=3)
+    led.record("s", "m", cached=False, error="HTTP 503", attempt=1, final=False, cost_usd=0.1)
+    led.record("s", "m", cached=False, error="HTTP 503", attempt=2, final=True, cost_usd=0.1)
+    led.record("s", "m", cached=True, prompt_tokens=5, completion_tokens=2)
+    (row,) = led.summary()
+    assert (row["calls"], row["cache_hits"], row["requests"], row["failed_requests"],
+            row["errors"]) == (3, 1, 5, 4, 1)
+    assert row["cost_usd"] == pytest.approx(0.4)
+    assert [(c["attempt"], c["final"]) for c in led.calls()] == [
+        (1, 0), (2, 0), (3, 1), (1, 0), (2, 1), (1, 1)]
+
+
+def test_a_ledger_file_of_an_older_version_gains_the_new_columns(tmp_path: Path):
+    db = tmp_path / "old.sqlite"
+    con = sqlite3.connect(db)
+    con.executescript("""
+        CREATE TABLE calls (id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL,
+            stage TEXT NOT NULL, model TEXT NOT NULL, cached INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL,
+            latency_s REAL NOT NULL, cost_usd REAL NOT NULL, error TEXT);
+        INSERT INTO calls VALUES (1, 0, 's', 'm', 0, 10, 5, 1.0, 0.5, NULL);
+        INSERT INTO calls VALUES (2, 0, 's', 'm', 0, 10, 0, 1.0, 0.0, 'empty reply');
+        INSERT INTO calls VALUES (3, 0, 's', 'm', 1, 10, 5, 0.0, 0.0, NULL);
+    """)
+    con.commit()
+    con.close()
+    led = Ledger(db)
+    (row,) = led.summary()
+    assert (row["calls"], row["cache_hits"], row["requests"], row["errors"]) == (3, 1, 2, 1)
+    led.record("s", "m", cached=False, attempt=2, final=False, error="x")
+    assert led.calls()[-1]["attempt"] == 2 and Ledger(db).totals()["calls"] == 3
+
+
+@pytest.mark.parametrize("content", [b"this is not a database, just text\n" * 50,
+                                     b"SQLite format 3\x00" + b"\xff" * 4000])
+def test_a_corrupt_cache_file_names_itself_and_the_fix(tmp_path: Path, content: bytes):
+    db = tmp_path / "results" / "cache.sqlite"
+    db.parent.mkdir()
+    db.write_bytes(content)
+    for open_it in (RequestCache, Ledger, lambda p: RequestCache(p, mode="replay")):
+        with pytest.raises(RequestCacheError) as ei:
+            open_it(db)
+        msg = str(ei.value)
+        assert str(db) in msg and "Delete it or move it aside" in msg
+        assert "requested again" in msg and isinstance(ei.value, ValueError)
+    assert db.read_bytes() == content  # nothing was overwritten
+    db.unlink()  # the fix works
+    RequestCache(db).put(BASE, {"text": "x"})
+    assert RequestCache(db, mode="replay").get(BASE) == {"text": "x"}
+
+
+def test_the_prompt_bound_holds_for_the_real_tokenizers_and_chat_templates():
+    """No tokenizer of the offline models (byte-level BPE: SmolLM2, Qwen; SentencePiece:
+    Gemma) with its chat template counts more prompt tokens than `prompt_token_bound`."""
+    import llama_cpp
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    from cowest.assets import ASSETS, gguf_path
+
+    texts = ["What is 2+2?", "x" * 3000, "Crème brûlée à la française, s'il vous plaît. " * 20,
+             "東京は日本の首都です。" * 30, "🙂🚀👍🏽" * 50, "a b  c   d\n\n\t" * 40, ""]
+    assert prompt_token_bound("") == MESSAGE_OVERHEAD_TOKENS + REQUEST_OVERHEAD_TOKENS
+    for name in ASSETS:
+        llm = llama_cpp.Llama(str(gguf_path(name)), vocab_only=True, verbose=False)
+        template = llm.metadata.get("tokenizer.chat_template")
+        bos = llm.detokenize([llm.token_bos()]).decode() if llm.token_bos() >= 0 else ""
+        eos = llm.detokenize([llm.token_eos()]).decode()
+        for t in texts:
+            n = len(llm.tokenize(t.encode(), add_bos=True, special=False))
+            assert n <= prompt_token_bound({"prompt": t}), (name, t[:12], n)
+            for msgs in ([{"role": "user", "content": t}],
+                         [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": t}]):
+                if template is None:  # (Gemma's template is llama.cpp's "gemma" format)
+                    continue
+                prompt = Jinja2ChatFormatter(template=template, eos_token=eos,
+                                             bos_token=bos)(messages=msgs).prompt
+                n = len(llm.tokenize(prompt.encode(), add_bos=not prompt.startswith(bos),
+                                     special=True))
+                assert n <= prompt_token_bound({"messages": msgs}), (name, t[:12], n)

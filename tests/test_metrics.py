@@ -207,3 +207,52 @@ def test_mcnemar_against_scipy():
     assert metrics.mcnemar([True, False], [True, False])["p_value"] == 1.0
     small = metrics.mcnemar([True] * 12, [False] * 12)
     assert small["method"] == "exact" and small["p_value"] < 0.001
+
+
+# ------------------------------------------------------------- metric_interval
+
+def _scored_rows():
+    rng = random.Random(5)
+    rows = []
+    for _ in range(30):
+        gold = rng.choice("ABCD")
+        pred = rng.choice([gold, gold, "A", "B", None])
+        score = float(pred == gold)
+        rows.append({"pred": pred, "gold": gold, "score": score,
+                     "f1": score if score else rng.choice([0.0, 0.25, 0.5])})
+    return rows
+
+
+def test_metric_interval_picks_the_per_item_score_by_metric_name():
+    rows = _scored_rows()
+    scores, f1s = [r["score"] for r in rows], [r["f1"] for r in rows]
+    assert scores != f1s
+    for m in ("em", "accuracy"):
+        assert metrics.metric_interval(m, rows, seed=3) == metrics.bootstrap_ci(scores, seed=3)
+    assert metrics.metric_interval("f1", rows, seed=3) == metrics.bootstrap_ci(f1s, seed=3)
+    assert metrics.metric_interval("f1", rows, seed=3) != metrics.metric_interval("em", rows, seed=3)
+    # n_boot and alpha reach the bootstrap
+    assert metrics.metric_interval("em", rows, seed=3, n_boot=200, alpha=0.5) == metrics.bootstrap_ci(
+        scores, n_boot=200, alpha=0.5, seed=3)
+
+
+def test_metric_interval_resamples_macro_f1_over_labels():
+    rows = _scored_rows()
+    labels = list("ABCD")
+    expected = metrics.bootstrap_metric_ci(
+        lambda p, g: metrics.macro_f1(p, g, labels), [r["pred"] for r in rows], [r["gold"] for r in rows],
+        seed=1,
+    )
+    got = metrics.metric_interval("macro_f1", rows, labels=labels, seed=1)
+    assert got == expected
+    point = metrics.macro_f1([r["pred"] for r in rows], [r["gold"] for r in rows], labels)
+    assert got[0] < point < got[1]
+    # the labels matter: scoring over A-B only gives another interval
+    assert metrics.metric_interval("macro_f1", rows, labels=["A", "B"], seed=1) != got
+    with pytest.raises(ValueError, match="labels is empty"):
+        metrics.metric_interval("macro_f1", rows, seed=1)
+
+
+def test_metric_interval_unknown_metric():
+    with pytest.raises(ValueError, match="no interval defined for metric 'bleu'"):
+        metrics.metric_interval("bleu", _scored_rows())

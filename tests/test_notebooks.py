@@ -8,23 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from cowest.report import ARTIFACTS, expected_files
-from cowest.runner import notebooks
+from cowest.notebooks import NOTEBOOKS, expected_files
+from cowest.paths import NOTEBOOK_DIR
 
 ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_every_notebook_of_the_index_exists_and_vice_versa():
-    assert [nb.stem for nb in notebooks()] == list(ARTIFACTS)
+def test_every_notebook_of_the_list_exists_and_vice_versa():
+    assert [p.stem for p in SOURCES] == [nb.stem for nb in NOTEBOOKS]
 
 
-@pytest.mark.parametrize("nb", notebooks(), ids=lambda p: p.name)
-def test_source_notebooks_have_no_outputs_and_a_parameters_cell(nb):
+@pytest.mark.parametrize("nb", SOURCES, ids=lambda p: p.name)
+def test_source_notebooks_have_no_outputs_a_parameters_cell_and_open_the_run(nb):
     data = json.loads(nb.read_text())
     code = [c for c in data["cells"] if c["cell_type"] == "code"]
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), f"{nb.name} has outputs"
     params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
-    assert len(params) == 1 and "profile =" in "".join(params[0]["source"])
+    assert len(params) == 1
+    assert all(f"{name} =" in "".join(params[0]["source"]) for name in ("profile", "results", "force", "overrides"))
+    assert "open_run(profile, results=results, force=force, overrides=overrides)" in "".join(code[1]["source"])
+
+
+def _outputs(nb: Path) -> list[dict]:
+    return [o for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", [])]
 
 
 def test_paper_dry_run_needs_no_network_and_no_key():
@@ -44,23 +51,39 @@ def test_smoke_profile_runs_every_notebook_and_writes_every_artifact(tmp_path):
     missing = [str(p.relative_to(root)) for p in expected_files(root) if not p.exists()]
     assert not missing, f"missing artifacts: {missing}"
     manifest = json.loads((root / "manifest.json").read_text())
-    assert set(manifest["notebooks"]) == {nb.name for nb in notebooks()}
+    assert set(manifest["notebooks"]) == {nb.file for nb in NOTEBOOKS}
     assert all(v["status"] == "ok" for v in manifest["notebooks"].values())
     assert manifest["ledger"]["totals"]["calls"] > 0 and manifest["profile_hash"]
+    machine_paths = [str(tmp_path), str(ROOT), sys.prefix, "site-packages"]
     for nb in (root / "notebooks").glob("*.ipynb"):
-        cells = json.loads(nb.read_text())["cells"]
-        errors = [o for c in cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
-        assert not errors, f"{nb.name} has an error cell"
+        outputs = _outputs(nb)
+        assert not [o for o in outputs if o.get("output_type") == "error"], f"{nb.name} has an error cell"
+        assert not [o for o in outputs if o.get("name") == "stderr"], f"{nb.name} shows stderr (progress or warnings)"
+        text = json.dumps(outputs)
+        assert not [p for p in machine_paths if p in text], f"{nb.name} shows a machine path"
     assert (root / "README.md").exists()
     # the whole chain ran: some task's CoWest pairs reached DPO, and that model was evaluated
-    trained = list((root / "runs" / "dpo").glob("*/*/cot/cowest-r1/adapter/train_log.json"))
+    trained = list((root / "runs" / "by-name" / "dpo").glob("*/*/cot/cowest-r1/adapter/train_log.json"))
     assert trained, "no CoWest DPO ran in the smoke profile"
     task = trained[0].parts[-5]
-    assert list((root / "runs" / "eval" / task / "cowest").glob("*/*/n*/predictions.jsonl"))
-    # a second run reuses every finished stage and makes no new strong-model call
-    calls = manifest["ledger"]["totals"]["calls"] - manifest["ledger"]["totals"].get("cache_hits", 0)
-    proc = subprocess.run([sys.executable, "-m", "cowest", "run", "--profile", "smoke", "--only", "5"], env=env,
+    assert list((root / "runs" / "by-name" / "eval" / task / "cowest").glob("*/*/n*/predictions.jsonl"))
+    # a second run right after the first builds no stage and sends no strong-model request
+    # (counted per notebook by the runner: the stage store's journal and the ledger)
+    proc = subprocess.run([sys.executable, "-m", "cowest", "run", "--profile", "smoke"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads((root / "manifest.json").read_text())["ledger"]["totals"]
-    assert again["calls"] - again.get("cache_hits", 0) == calls
+    again = json.loads((root / "manifest.json").read_text())["notebooks"]
+    assert {nb: v["stages_built"] for nb, v in again.items() if v["stages_built"]} == {}
+    assert sum(v["strong_requests_sent"] for v in again.values()) == 0
+    assert sum(v["stages_reused"] for v in again.values()) > 0
+
+
+def test_the_readme_lists_the_notebooks_of_the_list():
+    """The list is written once (cowest.notebooks); the README's table must follow it."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## What each notebook does", 1)[1].split("\n\n")[1]
+    stems = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    assert stems == [nb.stem for nb in NOTEBOOKS]
+    for nb in NOTEBOOKS:
+        row = next(line for line in table.splitlines() if f"`{nb.stem}`" in line)
+        assert all(name in row for name in nb.tables + nb.figures), f"README row of {nb.stem} misses an artifact"

@@ -1,11 +1,13 @@
-"""Pipeline wiring without model weights: the RLWF builder, the CoWest builder, stage reuse."""
+"""Pipeline wiring: the RLWF builder, the CoWest builder, stage identity and reuse."""
+
+import shutil
 
 import pytest
 
-from cowest import pipeline
+from cowest import pipeline, prompts
+from cowest.client import Completion
 from cowest.config import load_profile
-from cowest.pipeline import Checkpoint, Run
-from cowest.strong import Completion
+from cowest.pipeline import Checkpoint, Pipeline
 
 
 class NoStrong(Exception):
@@ -14,8 +16,8 @@ class NoStrong(Exception):
 
 @pytest.fixture()
 def run(tmp_path, monkeypatch):
-    monkeypatch.setattr(Run, "weak_prompts", lambda self, weak, task, items, fmt: [f"P:{e.id}" for e in items])
-    r = Run(load_profile("smoke"), results_root=tmp_path)
+    monkeypatch.setattr(Pipeline, "weak_prompts", lambda self, weak, task, items, fmt: [f"P:{e.id}" for e in items])
+    r = Pipeline(load_profile("smoke"), results=tmp_path)
     yield r
     r.close()
 
@@ -36,8 +38,8 @@ def _drafts(task, items, k):
 
 def test_rlwf_builder_never_calls_the_strong_model(run, monkeypatch):
     task = run.task("synth_safety")
-    monkeypatch.setattr(Run, "strong", lambda self, name=None, logprobs=False: (_ for _ in ()).throw(NoStrong(name)))
-    monkeypatch.setattr(Run, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
+    monkeypatch.setattr(Pipeline, "strong", lambda self, name=None, logprobs=False: (_ for _ in ()).throw(NoStrong(name)))
+    monkeypatch.setattr(Pipeline, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
     prefs = run.preferences(_ckpt(run), feedback="single")
     n = run.cfg.collab.n_queries
     assert prefs["stats"]["queries"] == n and prefs["stats"]["pairs"] > 0
@@ -66,8 +68,8 @@ class ScriptedStrong:
 def test_cowest_builder_applies_the_delta_rule(run, monkeypatch):
     task = run.task("synth_safety")
     strong = ScriptedStrong(task)
-    monkeypatch.setattr(Run, "strong", lambda self, name=None, logprobs=False: strong)
-    monkeypatch.setattr(Run, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
+    monkeypatch.setattr(Pipeline, "strong", lambda self, name=None, logprobs=False: strong)
+    monkeypatch.setattr(Pipeline, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
     prefs = run.preferences(_ckpt(run))
     n, k = run.cfg.collab.n_queries, run.cfg.collab.k
     assert len(strong.calls) == n + n * k  # one standalone answer per query, one refinement per draft
@@ -87,7 +89,7 @@ def test_dpo_without_pairs_keeps_the_start_and_says_why(run):
     with pytest.warns(UserWarning, match="no preference pairs.*collab.k"):
         ck = run.dpo(start, {"pairs": [], "key": "x"}, tag="cowest-r1")
     assert ck.adapter == start.adapter and ck.tag == "cowest-r1" and "DPO did not run" in ck.note
-    assert ck.key != start.key
+    assert ck.key == start.key  # the same weights: its drafts are the start's, computed once
 
 
 def test_data_splits_are_disjoint_and_sized(run):
@@ -98,3 +100,126 @@ def test_data_splits_are_disjoint_and_sized(run):
     ids = [e.id for split in d.values() for e in split]
     assert len(ids) == len(set(ids))
     assert not {e.question for e in d["test"]} & {e.question for e in d["train"] + d[pipeline.PREF_SPLIT]}
+
+
+# ----------------------------------------------------------------------------- stage identity
+# Keys are computed from each stage's declared inputs (the `*_inputs` methods) with the real
+# tokenizer and prompts; nothing is trained here.
+def _keys(p: Pipeline, task="synth_ifqa"):
+    w, c = p.cfg.weak, p.cfg.collab
+    start = Checkpoint(w, task, c.format, "sft", None, "k0")
+    items = p.test_items(task)
+    pairs = [{"prompt": "P", "chosen": "a", "rejected": "b"}]
+    k = p.store.key
+    return {
+        "data": k("data", p.data_inputs(task)),
+        "sft": k("sft", p.sft_inputs(task, w, c.format)),
+        "drafts": k("drafts", p.drafts_inputs(start, items, 1, 0.0)),
+        "prefs-collab": k("prefs", p.preferences_inputs(start, "collab", "gold", p.cfg.strong_for(task).name)),
+        "prefs-single": k("prefs", p.preferences_inputs(start, "single", "gold", None)),
+        "dpo": k("dpo", p.dpo_inputs(start, pairs)),
+        "eval-weak": k("eval", p.evaluate_inputs("weak", task, items, start, None)),
+        "eval-strong": k("eval", p.evaluate_inputs("strong", task, items, None, p.cfg.strong_for(task).name)),
+        "eval-collab": k("eval", p.evaluate_inputs("collab", task, items, start, p.cfg.strong_for(task).name)),
+    }
+
+
+def _changed(a, b):
+    return sorted(s for s in a if a[s] != b[s])
+
+
+@pytest.fixture()
+def pipe(tmp_path):
+    def make(*overrides):
+        p = Pipeline(load_profile("smoke", overrides=list(overrides)), results=tmp_path)
+        return p
+    return make
+
+
+def test_changing_dpo_beta_keeps_the_sft_stage(pipe):
+    base = _keys(pipe())
+    beta = _keys(pipe("weak_models.smollm2-135m.dpo.beta=0.5"))
+    assert _changed(base, beta) == ["dpo"]
+
+
+def test_editing_a_prompt_redoes_exactly_the_stages_that_render_it(pipe, tmp_path, monkeypatch):
+    copy = tmp_path / "prompts"
+    shutil.copytree(prompts.PROMPT_DIR, copy)
+    monkeypatch.setattr(prompts, "PROMPT_DIR", copy)
+    prompts._load.cache_clear()
+    base = _keys(pipe())
+
+    def edit(name):
+        f = copy / f"{name}.txt"
+        f.write_text(f.read_text() + "\nBe brief.\n")  # the text changes, the version line does not
+        prompts._load.cache_clear()
+        return _keys(pipe())
+
+    try:
+        refine = edit("strong_refine")
+        assert _changed(base, refine) == ["eval-collab", "prefs-collab"]
+        weak = edit("weak_cot")
+        assert _changed(refine, weak) == ["drafts", "eval-collab", "eval-weak", "prefs-collab", "prefs-single", "sft"]
+    finally:
+        prompts._load.cache_clear()
+
+
+def test_changing_a_task_size_redoes_that_task_only(pipe):
+    tasks = ["synth_ifqa", "synth_med", "synth_safety"]
+    base = {t: _keys(pipe(), t) for t in tasks}
+    bigger = pipe("tasks.synth_ifqa.n_train=6")
+    after = {t: _keys(bigger, t) for t in tasks}
+    assert {"data", "sft"} <= set(_changed(base["synth_ifqa"], after["synth_ifqa"]))
+    assert _changed(base["synth_med"], after["synth_med"]) == []
+    assert _changed(base["synth_safety"], after["synth_safety"]) == []
+    more_test = pipe("tasks.synth_ifqa.n_test=6")
+    changed = _changed(base["synth_ifqa"], _keys(more_test, "synth_ifqa"))
+    assert "sft" not in changed and {"eval-weak", "eval-strong", "eval-collab"} <= set(changed)
+
+
+def test_the_same_dpo_under_two_tags_trains_once(run, monkeypatch):
+    from cowest import train
+
+    trained = []
+
+    def record(base, adapter, pairs, out_dir, *, weak, seed):  # writes what a training would
+        trained.append(len(pairs))
+        out_dir.mkdir(parents=True)
+        (out_dir / "adapter_config.json").write_text("{}")
+        (out_dir / "adapter_model.safetensors").write_bytes(b"weights")
+
+    monkeypatch.setattr(train, "dpo", record)
+    start = _ckpt(run)
+    prefs = {"pairs": [{"prompt": "P", "chosen": "a", "rejected": "b"}], "key": "x"}
+    a = run.dpo(start, prefs, tag="cowest-r1")
+    b = run.dpo(start, prefs, tag="cowest-r1-gold")
+    assert trained == [1] and a.adapter == b.adapter and a.key == b.key
+    by_name = run.store.root / "by-name" / "dpo" / run.cfg.weak.name / "synth_safety" / "cot"
+    assert (by_name / "cowest-r1").resolve() == (by_name / "cowest-r1-gold").resolve() == a.adapter.parent.resolve()
+
+
+class FlakyStrong(ScriptedStrong):
+    """Like ScriptedStrong, but the refinement of every first draft fails (an error, no text)."""
+
+    def complete_many(self, prompts, *, stage, **kw):
+        outs = super().complete_many(prompts, stage=stage, **kw)
+        return [Completion(text="", prompt_tokens=0, completion_tokens=0, logprobs=None, cached=False,
+                           error="HTTP 500 after 3 attempts", latency_s=0.0)
+                if "Reasoning: the rule applies." in p else o for p, o in zip(prompts, outs)]
+
+
+def test_a_failed_reply_is_never_scored_and_leaves_the_stage_unfinished(run, monkeypatch):
+    task = run.task("synth_safety")
+    strong = FlakyStrong(task)
+    monkeypatch.setattr(Pipeline, "strong", lambda self, name=None, logprobs=False: strong)
+    monkeypatch.setattr(Pipeline, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
+    with pytest.warns(UserWarning, match="failed; it is left unfinished"):
+        prefs = run.preferences(_ckpt(run))
+    n = run.cfg.collab.n_queries
+    assert prefs["stats"]["failed"] == n  # the right draft's refinement failed on every query
+    assert all(r["deltas"][0] is None for r in prefs["records"])
+    assert prefs["pairs"] == []  # the remaining drafts are all wrong: a failure never makes a "worse" draft
+    calls = len(strong.calls)
+    with pytest.warns(UserWarning):
+        run.preferences(_ckpt(run))  # not finished: the next call builds it again
+    assert len(strong.calls) == 2 * calls

@@ -2,15 +2,19 @@
 
 import pytest
 
-from cowest.preferences import (
-    GoldEvaluator,
-    is_positive,
-    make_pairs,
-    make_single_feedback_pairs,
-    parse_judge_score,
-    summarize,
-)
+from cowest import preferences
+from cowest.preferences import GoldEvaluator, is_positive, parse_judge_score, summarize
 from cowest.tasks import get_task
+
+PAIRING = {"pairing": "all", "max_pairs": 4, "seed": 0}  # the values under test override these
+
+
+def make_pairs(*args, **kw):
+    return preferences.make_pairs(*args, **{**PAIRING, **kw})
+
+
+def make_single_feedback_pairs(*args, **kw):
+    return preferences.make_single_feedback_pairs(*args, **{**PAIRING, **kw})
 
 
 def test_delta_rule_ties_are_negative():

@@ -1,10 +1,16 @@
-"""What the strong model did with the drafts: the diagnostics behind the main table's verdict."""
+"""What the strong model did with the drafts (the diagnostics behind the main table), and the
+paper's reported numbers as loaded from `cowest/tasks/paper_numbers.yaml`."""
+
+import fnmatch
+import tomllib
+from pathlib import Path
 
 import pytest
 
+import cowest.tasks as tasks_pkg
 from cowest.pipeline import Result
 from cowest.report import refinement_breakdown
-from cowest.tasks import get_task
+from cowest.tasks import TASKS, get_task, paper_numbers
 
 
 def _rows(task, items, drafts, finals):
@@ -37,3 +43,52 @@ def test_breakdown_refuses_a_result_without_drafts():
     res = Result("strong", task.info.name, [{"id": items[0].id, "final": "Answer: A", "pred": "A", "score": 0.0}], {})
     with pytest.raises(ValueError, match="no drafts"):
         refinement_breakdown(task, items, res)
+
+
+# ------------------------------------------------------------ the paper's numbers
+
+PAPER_MAIN = {  # the values report.py held as constants before they moved to YAML
+    "Weak (SFT)": {"ifqa": (69.71, 72.69), "medmcqa": (73.08, 58.26), "prosocial": (64.29, 62.40)},
+    "Strong (CoT)": {"ifqa": (57.42, 65.60), "medmcqa": (71.80, 57.69), "prosocial": (39.00, 39.58)},
+    "FLARE": {"ifqa": (62.07, 70.59), "medmcqa": (72.40, 58.89), "prosocial": (55.27, 54.97)},
+    "SuperICL": {"ifqa": (68.85, 74.82), "medmcqa": (73.64, 58.33), "prosocial": (66.18, 63.86)},
+    "RLWF": {"ifqa": (70.52, 75.04), "medmcqa": (72.01, 57.65), "prosocial": (64.85, 62.10)},
+    "CoWest": {"ifqa": (75.85, 77.34), "medmcqa": (75.10, 60.13), "prosocial": (68.33, 65.61)},
+}
+
+
+def test_paper_numbers_loader_returns_the_reported_values():
+    p = paper_numbers()
+    assert p.main["CoWest"]["ifqa"] == (75.85, 77.34)
+    assert p.main == PAPER_MAIN
+    assert list(p.main) == list(PAPER_MAIN)  # table row order
+    assert p.models == ("weak: Llama-3-8B; strong: GPT-4 (IfQA, MedMCQA), GPT-3.5-Turbo "
+                        "(ProsocialDialog)")
+    assert p.strong_ablation == {"GPT-4": (75.9, 38.2), "Llama-3-70B": (72.1, 62.3),
+                                 "GPT-3.5-Turbo": (70.8, 68.3), "Llama-2-70B": (68.5, 55.7)}
+    assert p.domain == {"synth_ifqa": "ifqa", "synth_med": "medmcqa", "synth_safety": "prosocial",
+                        "ifqa": "ifqa", "medmcqa": "medmcqa", "prosocial": "prosocial"}
+    # every task has a paper domain, and every paper domain has a main-table entry
+    assert set(p.domain) == set(TASKS)
+    assert all(set(row) == set(p.domain.values()) for row in p.main.values())
+
+
+def test_paper_numbers_are_cached_but_not_shared():
+    a = paper_numbers()
+    a.main["CoWest"]["ifqa"] = (0.0, 0.0)
+    a.domain.clear()
+    b = paper_numbers()
+    assert b.main["CoWest"]["ifqa"] == (75.85, 77.34) and b.domain["synth_med"] == "medmcqa"
+
+
+def test_paper_numbers_live_in_the_yaml_only():
+    import cowest.report as report
+
+    assert not [k for k in vars(report) if k.startswith("PAPER_")]
+    text = (Path(tasks_pkg.__file__).parent / "paper_numbers.yaml").read_text()
+    assert "reported numbers" in text.splitlines()[0].lower() and "never computed on" in text.lower()
+    assert "75.85" in text
+    # the YAML ships with the package
+    cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = cfg["tool"]["setuptools"]["package-data"]["cowest"]
+    assert any(fnmatch.fnmatch("tasks/paper_numbers.yaml", pat) for pat in patterns)

@@ -21,7 +21,9 @@ import pytest
 
 from cowest.assets import get_asset, gguf_path
 from cowest.cache import CacheMiss, Ledger, RequestCache
-from cowest.strong import LocalServer, LocalServerError, StrongClient
+from cowest.client import StrongClient
+from cowest.config import StrongSpec
+from cowest.server import LocalServer, LocalServerError
 
 pytestmark = pytest.mark.server
 
@@ -50,22 +52,27 @@ def _dead_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/v1"
 
 
+#: Gemma-3-270M base as a profile would name it: completion endpoint, short answers.
+GEMMA = StrongSpec(name="strong", model="gemma3-270m", mode="completion", max_tokens=6,
+                   n_threads=1, n_ctx=512, max_retries=1, timeout_s=60)
+
+
 @pytest.fixture(scope="module")
 def gemma(tmp_path_factory):
-    """Gemma-3-270M base, completion endpoint, log-probabilities enabled (FLARE needs them)."""
+    """GEMMA's server, built from the spec, log-probabilities enabled (FLARE needs them)."""
     log = tmp_path_factory.mktemp("gemma") / "server.log"
-    srv = LocalServer(gguf_path("gemma3-270m"), alias="gemma-270m", n_ctx=512, n_threads=1,
-                      logits_all=True, log_path=log)
+    srv = LocalServer.from_spec(GEMMA, logits_all=True, log_path=log)
     with srv:
         yield srv
     assert not srv.running and _gone(srv.proc.pid)
 
 
-def _client(base_url: str, db: Path, mode="readwrite", **kw) -> StrongClient:
-    kw.setdefault("max_tokens", 6)
-    return StrongClient("strong", "gemma-270m", base_url=base_url, mode="completion",
-                        cache=RequestCache(db, mode=mode), ledger=Ledger(db),
-                        retry_base_s=0.05, max_retries=1, timeout_s=60, **kw)
+def _client(base_url: str, db: Path, mode="readwrite") -> StrongClient:
+    """GEMMA's client, built from the spec as the pipeline builds it (local backend)."""
+    c = StrongClient.from_spec(GEMMA, base_url=base_url, cache=RequestCache(db, mode=mode),
+                               ledger=Ledger(db))
+    c.retry_base_s = 0.05
+    return c
 
 
 def test_completion_then_cache_hit_reaches_no_server(gemma, tmp_path):
@@ -98,7 +105,7 @@ def test_replay_mode_raises_cache_miss_naming_the_request(gemma, tmp_path):
     with pytest.raises(CacheMiss) as ei:
         replay.complete("Grass is usually", stage="it")
     msg = str(ei.value)
-    assert "replay mode is on" in msg and "gemma-270m" in msg and "Grass is usually" in msg
+    assert "replay mode is on" in msg and GEMMA.model in msg and "Grass is usually" in msg
     assert _posts(gemma.log_path) == n
 
 
@@ -115,12 +122,17 @@ def test_completion_logprobs(gemma, tmp_path):
 def test_chat_logprobs_with_smollm2_and_cleanup_after_interrupt(tmp_path):
     log = tmp_path / "smol.log"
     srv = LocalServer(gguf_path("smollm2-135m"), alias="smol", n_ctx=512, n_threads=1,
-                      chat_format=get_asset("smollm2-135m").chat_format, log_path=log)
+                      chat_format=get_asset("smollm2-135m").chat_format, logits_all=True,
+                      log_path=log)
     with pytest.raises(KeyboardInterrupt):
         with srv:
             db = tmp_path / "c.sqlite"
             c = StrongClient("strong", "smol", base_url=srv.base_url, mode="chat",
-                             max_tokens=5, cache=RequestCache(db), ledger=Ledger(db),
+                             max_tokens=5, temperature=0.0, top_p=1.0, timeout_s=120.0,
+                             max_retries=4, concurrency=1, price_in=0.0, price_out=0.0,
+                             free=True, endpoint_id=srv.identity,
+                             api_key_env=None, extra_body=srv.request_defaults,
+                             cache=RequestCache(db), ledger=Ledger(db),
                              system_prompt="You are a helpful assistant.")
             out = c.complete("Say hello.", stage="it", logprobs=True, top_logprobs=2)
             assert out.ok and out.text.strip()
@@ -135,9 +147,9 @@ def test_chat_logprobs_with_smollm2_and_cleanup_after_interrupt(tmp_path):
 def test_sigterm_to_the_parent_stops_the_server_and_still_kills_the_parent(tmp_path):
     script = textwrap.dedent(f"""
         import time
-        from cowest.strong import LocalServer
+        from cowest.server import LocalServer
         s = LocalServer({str(gguf_path("smollm2-135m"))!r}, alias="x", n_threads=1,
-                        n_ctx=256, log_path={str(tmp_path / "x.log")!r}).start()
+                        n_ctx=256, logits_all=False, log_path={str(tmp_path / "x.log")!r}).start()
         print(s.proc.pid, flush=True)
         time.sleep(120)
     """)
@@ -157,15 +169,51 @@ def test_sigterm_to_the_parent_stops_the_server_and_still_kills_the_parent(tmp_p
             child.kill()
 
 
+def test_sigterm_stops_a_server_that_a_worker_thread_started(tmp_path):
+    """Python can install a SIGTERM handler only from the main thread: a server started by a
+    worker thread is stopped by the kernel (parent-death signal of the long-lived thread
+    that forked it), even after the worker thread has ended."""
+    script = textwrap.dedent(f"""
+        import threading, time
+        from cowest.server import LocalServer
+        box = []
+        def start():
+            box.append(LocalServer({str(gguf_path("smollm2-135m"))!r}, alias="x", n_threads=1,
+                                   n_ctx=256, logits_all=False,
+                                   log_path={str(tmp_path / "x.log")!r}).start())
+        t = threading.Thread(target=start)
+        t.start(); t.join()
+        time.sleep(0.5)
+        assert box[0].running  # the starting thread's end did not stop it
+        print(box[0].proc.pid, flush=True)
+        time.sleep(120)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parent.parent)
+    try:
+        server_pid = int(child.stdout.readline())
+        assert not _gone(server_pid)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=20) == -signal.SIGTERM
+        deadline = time.monotonic() + 10
+        while not _gone(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _gone(server_pid)
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
 def test_a_server_that_cannot_start_reports_its_log(tmp_path):
     bogus = tmp_path / "not-a-model.gguf"
     bogus.write_bytes(b"GGUF" + b"\0" * 64)
-    srv = LocalServer(bogus, alias="bogus", log_path=tmp_path / "bogus.log",
-                      startup_timeout_s=60)
+    srv = LocalServer(bogus, alias="bogus", n_threads=1, n_ctx=256, logits_all=False,
+                      log_path=tmp_path / "bogus.log", startup_timeout_s=60)
     with pytest.raises(LocalServerError) as ei:
         srv.start()
     msg = str(ei.value)
     assert "exited with code" in msg and "bogus.log" in msg and "Log" in msg
     assert not srv.running
     with pytest.raises(LocalServerError, match="not found"):
-        LocalServer(tmp_path / "missing.gguf", alias="m").start()
+        LocalServer(tmp_path / "missing.gguf", alias="m", n_threads=1, n_ctx=256,
+                    logits_all=False).start()

@@ -225,7 +225,7 @@ def test_offline_mode_gives_clear_error(monkeypatch, tmp_path, name, hub_id):
 def test_unreachable_hub_gives_clear_error(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(real, "_hub_reachable", lambda timeout: False)
+    monkeypatch.setattr(real.common, "_hub_reachable", lambda timeout: False)
     with pytest.raises(DatasetUnavailable, match="cannot be reached"):
         get_task("medmcqa").load("train", 3)
 
@@ -233,7 +233,7 @@ def test_unreachable_hub_gives_clear_error(monkeypatch):
 def test_reachability_probe_is_quick(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     start = time.monotonic()
-    assert real._hub_reachable(1.0) is False
+    assert real.common._hub_reachable(1.0) is False
     assert time.monotonic() - start < 3
 
 
@@ -253,3 +253,21 @@ def test_trim_words():
 def test_sentences_keep_abbreviations():
     assert real.sentences("Ans. is 'a' i.e. Radial nerve. It runs. Dr. Who came.") == [
         "Ans. is 'a' i.e. Radial nerve.", "It runs.", "Dr. Who came."]
+
+
+def test_package_layout_and_params():
+    # one module per dataset; importing the package registers the three tasks
+    from cowest.config import task_params
+    from cowest.tasks import TASKS
+
+    assert TASKS["ifqa"] is real.IfQA and real.IfQA.__module__ == "cowest.tasks.real.ifqa"
+    assert TASKS["medmcqa"] is real.MedMCQA and real.MedMCQA.__module__.endswith(".medmcqa")
+    assert TASKS["prosocial"] is real.Prosocial and real.Prosocial.__module__.endswith(".prosocial")
+    common = ["connect_timeout", "hub_id", "max_rationale_words", "path", "split_seed", "val_size"]
+    assert task_params("ifqa") == common
+    assert task_params("medmcqa") == sorted(common + ["cop_base"])
+    assert task_params("prosocial") == sorted(common + ["balanced", "granularity"])
+    # the package docstring: the overview, the loading rules and every dataset's section
+    for part in ("params: {path:", "granularity=5", "cop_base", "held out of train",
+                 "Field mapping and choices", "ifqa (`jeggers/ifqa`", "corpus(): the distinct"):
+        assert part in real.__doc__, part

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections import Counter
 
 import pytest
@@ -201,3 +204,155 @@ def test_template_and_balance_knobs():
     small = get_task("synth_safety", n_groups=3, norms_per_group=2, no_rule_per_group=1)
     assert len(small.facts) == 9 and len(small.load("train", 60)) == 60
     assert isinstance(small, Task)
+
+
+# ------------------------------------------------------------ package layout, golden data
+
+def test_one_module_per_domain_registers_its_task():
+    from cowest.tasks import synthetic
+    from cowest.tasks.synthetic import common, ifqa, med, safety
+
+    assert TASKS["synth_ifqa"] is ifqa.SynthIfQA
+    assert TASKS["synth_med"] is med.SynthMed
+    assert TASKS["synth_safety"] is safety.SynthSafety
+    for cls in (ifqa.SynthIfQA, med.SynthMed, safety.SynthSafety):
+        assert issubclass(cls, common.SyntheticTask)
+    # the package docstring (shown by the data notebook) still documents all three domains
+    for header in ("Common machinery", "synth_ifqa (", "synth_med (", "synth_safety ("):
+        assert header in synthetic.__doc__, header
+    assert synthetic.SAFETY_LABELS == get_task("synth_safety").info.labels
+
+
+# sha256 of the first 50 items of each split (seed 0, `dataclasses.asdict`) and the corpus,
+# taken from the single-module generator before it was split into one module per domain.
+# A change here means the generated data changed (ids, questions, answers or facts).
+GOLDEN = [
+    ("synth_ifqa", {}, "60e6de7e7005586fe68c2a9859ccd5d845e9e6fc3443a8d291a416f91fbb89c8"),
+    ("synth_ifqa", {"n_entities": 6}, "47252f522e48c9d33edb5cbf16e83ed2b073b42781367bdedad5ebcc06161bc0"),
+    ("synth_med", {}, "fcf526f925e6c5c0f13939303d25cb7a9f22a9c5e39c7854f72a87dc4818b3f9"),
+    ("synth_med", {"n_drugs": 6}, "fc157f5e097a3b6108bbc8c83c4acfe3efc0b61aa04416d86acb89d6de3870ad"),
+    ("synth_safety", {}, "dd4fdacb1a61d5d9cae67eedcf9fbdfa3974b15ac7da95c287218b34dcb49cd1"),
+    ("synth_safety", {"n_groups": 4}, "a1e6ddc428fc0094aeeadee31b4f173801177676cbef017cf44864a72a0c24f4"),
+]
+
+
+@pytest.mark.parametrize("name,params,digest", GOLDEN)
+def test_generated_data_is_unchanged(name, params, digest):
+    task = get_task(name, **params)
+    blob = {s: [dataclasses.asdict(e) for e in task.load(s, 50, seed=0)] for s in SPLITS}
+    blob["corpus"] = task.corpus()
+    assert hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest() == digest
+
+
+# ------------------------------------------------------ per-row scoring and intervals
+
+def _old_pipeline_scoring(task, items, finals, seed):
+    """The scoring `pipeline.Run.evaluate` did inline before `score_row`/`evaluate_rows`."""
+    from cowest.metrics import bootstrap_ci, bootstrap_metric_ci, macro_f1
+
+    rows = [{"id": e.id, "final": f} for e, f in zip(items, finals)]
+    for r, e in zip(rows, items):
+        r["pred"] = task.extract(r["final"], e)
+        r["gold"] = task.answer_text(e)
+        r["score"] = task.score(r["pred"], e)
+        if task.info.answer_type == "free":
+            r["f1"] = task.score_f1(r["pred"], e)
+    metrics = dict(task.evaluate([r["pred"] for r in rows], items))
+    m1, m2 = task.info.metrics
+    lo, hi = bootstrap_ci([r["score"] for r in rows], seed=seed)
+    metrics[f"{m1}_lo"], metrics[f"{m1}_hi"] = lo, hi
+    if m2 == "f1":
+        lo, hi = bootstrap_ci([r["f1"] for r in rows], seed=seed)
+    else:
+        labels = task.info.labels or []
+        lo, hi = bootstrap_metric_ci(
+            lambda p, g: macro_f1(p, g, labels), [r["pred"] for r in rows], [r["gold"] for r in rows],
+            seed=seed,
+        )
+    metrics[f"{m2}_lo"], metrics[f"{m2}_hi"] = lo, hi
+    return rows, metrics
+
+
+def _mixed_finals(task, items):
+    """Model outputs of every kind: right, failed call, unparseable, near miss, wrong."""
+    finals = []
+    for i, e in enumerate(items):
+        gold = task.answer_text(e)
+        kind = task.info.answer_type
+        k = i % 5
+        if k == 0:
+            finals.append(task.target(e, "cot"))
+        elif k == 1:
+            finals.append(None)
+        elif k == 2:
+            finals.append("I am not sure what to say here.")
+        elif k == 3:  # right answer, said differently (partial F1 for free-form)
+            if kind == "free":
+                finals.append(f"Answer: maybe {gold} or so")
+            elif kind == "choice":
+                finals.append(f"Answer: {e.options[OPTION_LETTERS.index(gold)]}")
+            else:
+                finals.append(f"Answer: {gold.upper()}")
+        else:
+            if kind == "free":
+                finals.append("Answer: 4242")
+            else:
+                labels = task.info.labels
+                finals.append(f"Answer: {labels[(labels.index(gold) + 1) % len(labels)]}")
+    return finals
+
+
+@pytest.mark.parametrize("name", SYNTH)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_score_row_and_evaluate_rows_give_the_old_pipeline_numbers(name, seed):
+    task = get_task(name, **({"n_entities": 6} if name == "synth_ifqa" else {}))
+    items = task.load("test", 40, seed=0)
+    finals = _mixed_finals(task, items)
+    old_rows, old_metrics = _old_pipeline_scoring(task, items, finals, seed)
+
+    rows = [{"id": e.id, "final": f} for e, f in zip(items, finals)]
+    for r, e in zip(rows, items):
+        r.update(task.score_row(r["final"], e))
+    assert rows == old_rows
+    assert [list(r) for r in rows] == [list(r) for r in old_rows]  # same keys, same order
+    new_metrics = task.evaluate_rows(rows, items, seed=seed)
+    assert new_metrics == old_metrics
+    assert list(new_metrics) == list(old_metrics)
+
+    # the rows are mixed enough that a wrong interval choice would show
+    m1, m2 = task.info.metrics
+    assert 0 < new_metrics[m1] < 1 and new_metrics["unparseable"] > 0
+    assert new_metrics[f"{m1}_lo"] < new_metrics[m1] < new_metrics[f"{m1}_hi"]
+    if task.info.answer_type == "free":
+        assert set(r) >= {"pred", "gold", "score", "f1"}
+        assert any(0 < r["f1"] < 1 for r in rows)  # f1 differs from EM on some rows
+        assert (new_metrics["f1_lo"], new_metrics["f1_hi"]) != (new_metrics["em_lo"], new_metrics["em_hi"])
+    else:
+        assert "f1" not in rows[0]
+
+
+def test_score_row_fields():
+    qa, med, saf = get_task("synth_ifqa"), get_task("synth_med"), get_task("synth_safety")
+    e = qa.load("test", 1)[0]
+    assert qa.score_row(qa.target(e, "direct"), e) == {
+        "pred": e.golds[0], "gold": e.golds[0], "score": 1.0, "f1": 1.0}
+    assert qa.score_row(None, e) == {"pred": None, "gold": e.golds[0], "score": 0.0, "f1": 0.0}
+    m = med.load("test", 1)[0]
+    wrong = next(x for x in "ABCD" if x != m.golds[0])
+    assert med.score_row(f"Answer: {wrong}", m) == {"pred": wrong, "gold": m.golds[0], "score": 0.0}
+    s = saf.load("test", 1)[0]
+    assert saf.score_row(f"Answer: {s.golds[0].upper()}", s) == {
+        "pred": s.golds[0], "gold": s.golds[0], "score": 1.0}
+
+
+def test_evaluate_rows_checks_rows_against_items():
+    task = get_task("synth_med")
+    items = task.load("test", 3)
+    rows = [{"id": e.id, **task.score_row(task.target(e, "direct"), e)} for e in items]
+    with pytest.raises(ValueError, match="2 rows for 3 examples"):
+        task.evaluate_rows(rows[:2], items)
+    with pytest.raises(ValueError, match="row 0 has id"):
+        task.evaluate_rows(rows[::-1], items)
+    out = task.evaluate_rows(rows, items)
+    assert out["accuracy"] == out["accuracy_lo"] == out["accuracy_hi"] == 1.0
+    assert out["macro_f1_lo"] <= out["macro_f1"] <= out["macro_f1_hi"]

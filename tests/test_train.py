@@ -1,24 +1,32 @@
-"""Training over TRL: LoRA SFT, 4-bit QLoRA SFT, DPO with the SFT policy as reference.
+"""Training over TRL: the profile's specs reach TRL/peft; LoRA SFT, 4-bit QLoRA SFT, DPO.
 
-A few optimizer steps each on tiny data written here, on SmolLM2-135M-Instruct, offline.
+The first tests build the TRL/peft configs from a WeakSpec without any model and check that
+every field of TrainSpec/DPOSpec/LoraSpec reaches them. The others run a few optimizer steps
+each on tiny data written here, on SmolLM2-135M-Instruct, offline.
 Torch threads: COWEST_TEST_THREADS (default 1, see tests/test_weak.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from cowest import train
 from cowest.assets import hf_folder
-from cowest.stages import read_json
-from cowest.train import dpo, sft
+from cowest.config import DPOSpec, LoraSpec, TrainSpec, WeakSpec, load_profile
+from cowest.artifacts import read_json
+from cowest.train import dpo, dpo_config, lora_config, sft, sft_config
 from cowest.weak import completion_logprobs, end_token, generate, load_tokenizer, load_weak, render_prompt
 
 torch.set_num_threads(int(os.environ.get("COWEST_TEST_THREADS", "1")))
@@ -28,9 +36,167 @@ FACTS = [
     ("What does zorvex treat?", "Zorvex treats migraine."),
     ("What does plimtar treat?", "Plimtar treats asthma."),
 ]
-LORA = {"r": 8, "alpha": 16, "dropout": 0.0}
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+# ----------------------------------------------------------------------------- spec helpers
+def _fields(spec_cls: type) -> list[str]:
+    """Field names of a config class, pydantic model or dataclass."""
+    if hasattr(spec_cls, "model_fields"):
+        return list(spec_cls.model_fields)
+    return [f.name for f in dataclasses.fields(spec_cls)]
+
+
+def _replace(spec: Any, **changes: Any) -> Any:
+    """A copy of a config spec with some fields changed (pydantic or dataclass)."""
+    if hasattr(spec, "model_copy"):
+        return spec.model_copy(update=changes)
+    return dataclasses.replace(spec, **changes)
+
+
+def _dump(spec: Any) -> dict[str, Any]:
+    return spec.model_dump() if hasattr(spec, "model_dump") else dataclasses.asdict(spec)
+
+
+def _weak(*, quantization: str = "none", sft: dict | None = None, dpo: dict | None = None) -> WeakSpec:
+    """The smoke profile's SmolLM2 weak model with the training settings of these tests."""
+    base = load_profile("smoke").weak_model("smollm2-135m")
+    lora = LoraSpec(r=8, alpha=16, dropout=0.0, target_modules=ALL_LINEAR)
+    return _replace(
+        base, quantization=quantization, lora=lora,
+        sft=_replace(base.sft, grad_accum=1, max_length=512, **(sft or {})),
+        dpo=_replace(base.dpo, grad_accum=1, max_length=512, beta=0.1, loss_type="sigmoid", **(dpo or {})),
+    )
+
+
+# ----------------------------------------------------------------------------- spec -> TRL/peft, no model
+# Where each field of the profile's weak-model specs goes. A field added to TrainSpec, DPOSpec,
+# LoraSpec or WeakSpec fails test_every_spec_field_is_wired until it is wired and listed here.
+TRAIN_TO_TRL = {  # TrainSpec field -> SFTConfig attribute (DPOSpec: the same, -> DPOConfig)
+    "epochs": "num_train_epochs",
+    "learning_rate": "learning_rate",
+    "batch_size": "per_device_train_batch_size",
+    "grad_accum": "gradient_accumulation_steps",
+    "max_length": "max_length",
+    "trl": None,  # each key -> the attribute of that name
+}
+DPO_TO_TRL = {**TRAIN_TO_TRL, "beta": "beta", "loss_type": "loss_type"}
+LORA_TO_PEFT = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules"}
+WEAK_ELSEWHERE = {
+    "name": "pipeline (run folders, tables); train's trl error messages",
+    "model": "pipeline.Run.weak_base -> train.sft/dpo base_model, weak.load_weak",
+    "sft": "train.sft_config (TRAIN_TO_TRL)",
+    "dpo": "train.dpo_config (DPO_TO_TRL)",
+    "lora": "train.lora_config (LORA_TO_PEFT)",
+    "quantization": "train.sft/dpo and pipeline -> weak.load_weak(quantization=)",
+    "max_new_tokens": "pipeline.Run.drafts -> weak.generate(max_new_tokens=)",
+    "gen_batch_size": "pipeline.Run.drafts -> weak.generate(batch_size=)",
+}
+
+# values that differ from the smoke profile's and from what this module or TRL would set alone
+SFT_VALUES = {
+    "epochs": 2.5, "learning_rate": 1.234e-4, "batch_size": 3, "grad_accum": 5, "max_length": 77,
+    "trl": {"lr_scheduler_type": "cosine", "warmup_steps": 0.125, "logging_steps": 3, "optim": "adafactor",
+            "save_strategy": "epoch", "weight_decay": 0.01},
+}
+DPO_VALUES = {
+    "epochs": 1.5, "learning_rate": 4.321e-6, "batch_size": 5, "grad_accum": 3, "max_length": 99,
+    "beta": 0.37, "loss_type": "ipo",
+    "trl": {"lr_scheduler_type": "constant_with_warmup", "warmup_steps": 0.2, "logging_steps": 7,
+            "max_grad_norm": 0.5},
+}
+LORA_VALUES = {"r": 5, "alpha": 11, "dropout": 0.07, "target_modules": ["q_proj", "v_proj"]}
+
+
+def _norm(value: Any) -> Any:
+    """Compare loosely typed config values: enums as str, one-element lists, sets."""
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(_norm(v) for v in value)
+        return items[0] if len(items) == 1 and isinstance(value, (list, tuple)) else items
+    if hasattr(value, "value") and isinstance(getattr(value, "value"), str):
+        return value.value
+    return value
+
+
+def _assert_reaches(cfg: Any, base: Any, mapping: dict[str, str | None], values: dict[str, Any], what: str):
+    for field, attr in mapping.items():
+        pairs = values[field].items() if attr is None else [(attr, values[field])]
+        for a, v in pairs:
+            assert _norm(getattr(cfg, a)) == _norm(v), f"{what}.{field} does not reach {a}"
+            assert _norm(getattr(base, a)) != _norm(v), f"{what}.{field}: test value {v!r} is not distinctive"
+
+
+def test_every_spec_field_is_wired():
+    for cls, mapping in [(TrainSpec, TRAIN_TO_TRL), (DPOSpec, DPO_TO_TRL), (LoraSpec, LORA_TO_PEFT),
+                         (WeakSpec, WEAK_ELSEWHERE)]:
+        missing = [f for f in _fields(cls) if f not in mapping]
+        assert not missing, f"new {cls.__name__} field(s) {missing}: wire them in cowest.train and list them here"
+        assert set(mapping) == set(_fields(cls)), f"{cls.__name__} lost fields {set(mapping) - set(_fields(cls))}"
+    assert set(SFT_VALUES) == set(TRAIN_TO_TRL) and set(DPO_VALUES) == set(DPO_TO_TRL)
+    assert set(LORA_VALUES) == set(LORA_TO_PEFT)
+
+
+def test_spec_fields_reach_trl_and_peft(tmp_path):
+    from peft import LoraConfig
+    from trl import DPOConfig, SFTConfig
+
+    smoke = load_profile("smoke").weak
+    weak = _replace(smoke, sft=_replace(smoke.sft, **SFT_VALUES), dpo=_replace(smoke.dpo, **DPO_VALUES),
+                    lora=_replace(smoke.lora, **LORA_VALUES))
+    # the smoke spec with no trl keys: what this module sets on its own
+    plain = _replace(smoke, sft=_replace(smoke.sft, trl={}), dpo=_replace(smoke.dpo, trl={}))
+
+    cfg = sft_config(weak, tmp_path / "sft", 123, "<|im_end|>")
+    assert isinstance(cfg, SFTConfig)
+    _assert_reaches(cfg, sft_config(plain, tmp_path / "p", 0, "</s>"), TRAIN_TO_TRL, SFT_VALUES, "sft")
+    assert (cfg.output_dir, cfg.seed, cfg.data_seed, cfg.eos_token) == (str(tmp_path / "sft"), 123, 123, "<|im_end|>")
+    assert cfg.completion_only_loss is True and cfg.packing is False
+    assert cfg.bf16 == (torch.cuda.is_available() and torch.cuda.is_bf16_supported())  # off on a CPU
+
+    cfg = dpo_config(weak, tmp_path / "dpo", 123)
+    assert isinstance(cfg, DPOConfig)
+    _assert_reaches(cfg, dpo_config(plain, tmp_path / "p", 0), DPO_TO_TRL, DPO_VALUES, "dpo")
+    assert (cfg.output_dir, cfg.seed, cfg.data_seed) == (str(tmp_path / "dpo"), 123, 123)
+    assert cfg.precompute_ref_log_probs is False
+
+    lcfg = lora_config(weak.lora)
+    assert isinstance(lcfg, LoraConfig)
+    _assert_reaches(lcfg, lora_config(smoke.lora), LORA_TO_PEFT, LORA_VALUES, "lora")
+    assert lcfg.task_type == "CAUSAL_LM" and lcfg.bias == "none"
+
+
+def test_unknown_trl_key_fails_before_any_model(tmp_path, monkeypatch):
+    smoke = load_profile("smoke").weak
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model or tokenizer was loaded before the trl keys were checked")
+
+    monkeypatch.setattr(train, "load_weak", no_loading)
+    monkeypatch.setattr(train, "load_tokenizer", no_loading)
+    bad_sft = _replace(smoke, sft=_replace(smoke.sft, trl={"warmup_steps": 0.1, "warmup_stepz": 0.1}))
+    msg = f"weak_models.{smoke.name}.sft.trl: warmup_stepz is not a trl.SFTConfig field"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        sft_config(bad_sft, tmp_path / "w", 0, "</s>")
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        sft("no-such-model", [{"prompt": "p", "completion": "c"}], tmp_path / "s", weak=bad_sft, seed=0)
+    bad_dpo = _replace(smoke, dpo=_replace(smoke.dpo, trl={"betaa": 0.2}))
+    msg = f"weak_models.{smoke.name}.dpo.trl: betaa is not a trl.DPOConfig field"
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        dpo_config(bad_dpo, tmp_path / "w", 0)
+    with pytest.raises(ValueError, match=re.escape(msg)):
+        dpo("no-such-model", tmp_path / "a", [{"prompt": "p", "chosen": "c", "rejected": "r"}], tmp_path / "d",
+            weak=bad_dpo, seed=0)
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_training_takes_its_settings_from_the_spec_only():
+    for fn in (sft, dpo):
+        kw = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY]
+        assert kw == ["weak", "seed", "on_trainer"], fn.__name__
+    assert not hasattr(train, "DEFAULT_LORA")
+
+
+# ----------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def folder() -> Path:
     return hf_folder("smollm2-135m")
@@ -49,8 +215,9 @@ def rows(tok) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def sft_run(folder, rows, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("sft") / "adapter"
-    log = sft(folder, rows, out, lora=LORA, epochs=3, learning_rate=3e-3, batch_size=4, logging_steps=1, seed=0)
-    return out, log
+    weak = _weak(sft={"epochs": 3.0, "learning_rate": 3e-3, "batch_size": 4, "trl": {"logging_steps": 1}})
+    log = sft(folder, rows, out, weak=weak, seed=0)
+    return out, log, weak
 
 
 def _losses(log: dict) -> list[float]:
@@ -58,7 +225,7 @@ def _losses(log: dict) -> list[float]:
 
 
 def test_sft_lora_learns_and_saves(folder, tok, rows, sft_run):
-    out, log = sft_run
+    out, log, weak = sft_run
     losses = _losses(log)
     assert log["global_step"] == 6 and len(losses) == 6
     assert losses[0] > losses[-1] and losses[-1] < 0.5 * losses[0]
@@ -67,22 +234,26 @@ def test_sft_lora_learns_and_saves(folder, tok, rows, sft_run):
     assert not (out / "_trainer").exists() and not (out / "ref").exists()
     saved = read_json(out / "train_log.json")
     assert saved["method"] == "sft" and saved["eos_token"] == "<|im_end|>"
+    assert saved["compact_lm_head"] is True  # trained through the compact LM head (on a CPU too)
     assert saved["log_history"] == log["log_history"]
+    assert saved["weak"] == _dump(weak)  # the whole spec it was trained with
+    assert set(read_json(out / "adapter_config.json")["target_modules"]) == set(ALL_LINEAR)
 
-    model, tok2 = load_weak(folder, adapter=out)
-    base, _ = load_weak(folder)
+    model, tok2 = load_weak(folder, quantization="none", adapter=out)
+    base, _ = load_weak(folder, quantization="none")
     prompts = [r["prompt"] for r in rows[:2]]
     targets = [r["completion"] for r in rows[:2]]
     # the memorised answer, greedy, and generation stopped at the learned <|im_end|>
-    assert [o[0] for o in generate(model, tok2, prompts, max_new_tokens=24)] == targets
+    assert [o[0] for o in generate(model, tok2, prompts, max_new_tokens=24, batch_size=2, seed=0)] == targets
     tuned = completion_logprobs(model, tok2, prompts, [t + end_token(tok2) for t in targets])
     before = completion_logprobs(base, tok, prompts, [t + end_token(tok) for t in targets])
     assert all(a > b + 5 for a, b in zip(tuned, before))
 
 
 def test_sft_qlora_4bit_learns(folder, rows, tmp_path):
-    log = sft(folder, rows, tmp_path / "qlora", lora=LORA, quantization="4bit", epochs=2, learning_rate=3e-3,
-              batch_size=4, logging_steps=1)
+    weak = _weak(quantization="4bit",
+                 sft={"epochs": 2.0, "learning_rate": 3e-3, "batch_size": 4, "trl": {"logging_steps": 1}})
+    log = sft(folder, rows, tmp_path / "qlora", weak=weak, seed=0)
     losses = _losses(log)
     assert log["quantization"] == "4bit" and len(losses) == 4
     assert losses[0] > losses[-1] and losses[-1] < 0.6 * losses[0]
@@ -90,7 +261,7 @@ def test_sft_qlora_4bit_learns(folder, rows, tmp_path):
 
 
 def test_dpo_reference_is_sft_policy(folder, tok, sft_run, tmp_path):
-    sft_dir, _ = sft_run
+    sft_dir, _, _ = sft_run
     end = end_token(tok)
     # preferences that contradict what SFT memorised, so DPO has something to move
     pairs = [
@@ -103,8 +274,8 @@ def test_dpo_reference_is_sft_policy(folder, tok, sft_run, tmp_path):
     chosen = [p["chosen"] + end for p in pairs[:2]]
     rejected = [p["rejected"] + end for p in pairs[:2]]
 
-    sft_model, _ = load_weak(folder, adapter=sft_dir)
-    base_model, _ = load_weak(folder)
+    sft_model, _ = load_weak(folder, quantization="none", adapter=sft_dir)
+    base_model, _ = load_weak(folder, quantization="none")
     sft_c, sft_r = (completion_logprobs(sft_model, tok, prompts, x) for x in (chosen, rejected))
     base_c, base_r = (completion_logprobs(base_model, tok, prompts, x) for x in (chosen, rejected))
     seen: dict = {}
@@ -123,8 +294,8 @@ def test_dpo_reference_is_sft_policy(folder, tok, sft_run, tmp_path):
         seen["trainer"] = trainer
         seen["ref_before"] = reference_logps(trainer)
 
-    log = dpo(folder, sft_dir, pairs, tmp_path / "dpo", learning_rate=5e-4, epochs=2, batch_size=2,
-              logging_steps=1, on_trainer=inspect)
+    weak = _weak(dpo={"epochs": 2.0, "learning_rate": 5e-4, "batch_size": 2, "trl": {"logging_steps": 1}})
+    log = dpo(folder, sft_dir, pairs, tmp_path / "dpo", weak=weak, seed=0, on_trainer=inspect)
 
     ref = seen["ref_before"]
     # the reference is the SFT policy ...
@@ -140,9 +311,217 @@ def test_dpo_reference_is_sft_policy(folder, tok, sft_run, tmp_path):
     assert hist[-1]["rewards/margins"] > 0
     saved = read_json(tmp_path / "dpo" / "train_log.json")
     assert saved["method"] == "dpo" and saved["log_history"] == log["log_history"]
+    assert saved["weak"] == _dump(weak)
     assert not (tmp_path / "dpo" / "ref").exists()
 
-    aligned, _ = load_weak(folder, adapter=tmp_path / "dpo")
+    aligned, _ = load_weak(folder, quantization="none", adapter=tmp_path / "dpo")
     al_c, al_r = (completion_logprobs(aligned, tok, prompts, x) for x in (chosen, rejected))
     for i in range(2):
         assert al_c[i] - al_r[i] > sft_c[i] - sft_r[i]
+
+
+# ----------------------------------------------------------------------------- compact LM head
+# cowest.train makes TRL's fused LM head project only the scored (completion) positions on a
+# CPU too, by flipping one TRL internal for the duration of a loss computation. These tests
+# pin that internal and check, on real batches, that the compact path is exact.
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+class _Stop(Exception):
+    """Raised from on_trainer to end sft()/dpo() after the checks, before training."""
+
+
+def test_compact_head_relies_on_pinned_trl_internals():
+    import trl
+    from trl import DPOTrainer, SFTTrainer
+    from trl.kernels import chunked_logprob
+    from trl.trainer import utils as trl_utils
+
+    # the version this was written against, and the one pyproject.toml pins
+    assert trl.__version__ == train.TRL_VERSION == "1.16.0"
+    pyproject = (Path(__file__).resolve().parent.parent / "pyproject.toml").read_text()
+    assert '"trl==1.16.0"' in pyproject
+    # the one decision it flips: add_fused_lm_head projects hidden_states[mask] only when
+    # trl.trainer.utils._use_triton(device) is true (CUDA/XPU), every position otherwise
+    assert train.compact_head_available()
+    assert trl_utils._use_triton is chunked_logprob._use_triton
+    src = inspect.getsource(trl_utils.add_fused_lm_head)
+    assert "compact = _use_triton(hidden_states.device)" in src
+    assert "hidden_states[mask] if compact" in src and "labels[mask] if compact" in src
+    assert "masked_scatter(mask, x)" in src  # compact results are scattered back to (batch, seq-1), zeros elsewhere
+    # the trainers score through the fused head in exactly the methods the subclasses wrap
+    assert "fused_lm_head=True" in inspect.getsource(SFTTrainer.compute_loss)
+    assert "add_fused_lm_head(" in inspect.getsource(SFTTrainer.__init__)
+    assert "self._compute_loss(" in inspect.getsource(DPOTrainer.compute_loss)
+    assert "fused_lm_head=True" in inspect.getsource(DPOTrainer._compute_loss)
+    assert "fused_lm_head=True" in inspect.getsource(DPOTrainer.compute_ref_log_probs)
+    assert issubclass(train.sft_trainer_class(), SFTTrainer) and issubclass(train.dpo_trainer_class(), DPOTrainer)
+
+    cpu = torch.device("cpu")
+    original = trl_utils._use_triton
+    assert original(cpu) is False  # TRL alone: the full path on a CPU
+    with train.compact_lm_head() as on:
+        assert on is True and trl_utils._use_triton(cpu) is True
+        assert chunked_logprob._use_triton(cpu) is False  # the kernel still folds its tiles in torch
+    assert trl_utils._use_triton is original
+    with train.compact_lm_head(False) as on:
+        assert on is False and trl_utils._use_triton is original
+    with pytest.raises(RuntimeError), train.compact_lm_head():
+        raise RuntimeError("restored on error too")
+    assert trl_utils._use_triton is original
+
+
+class _RowCounter:
+    """Counts the rows TRL's chunked log-prob kernel projects through the LM head."""
+
+    def __init__(self, monkeypatch):
+        from trl.trainer import utils as trl_utils
+
+        self.rows: list[int] = []
+        apply = trl_utils._ChunkedLogProbFunction.apply
+
+        def counting(hidden, *a, **k):
+            self.rows.append(hidden.shape[0])
+            return apply(hidden, *a, **k)
+
+        monkeypatch.setattr(trl_utils._ChunkedLogProbFunction, "apply", counting)
+
+    def take(self) -> list[int]:
+        rows, self.rows = self.rows, []
+        return rows
+
+
+def _perturb_lora_b(model, adapter: str = "default", seed: int = 0) -> None:
+    """LoRA B starts at zero: give the trained adapter non-zero weights so it matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n and f".{adapter}." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def _loss_and_grads(trainer, batch, compact: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    trainer.compact_lm_head = compact
+    trainer._metrics["train"].clear()
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items() if k != "num_tokens"}
+    trainer.model.zero_grad(set_to_none=True)
+    return loss.detach(), grads, metrics
+
+
+def _assert_same_grads(full: dict, compact: dict) -> None:
+    assert full and set(full) == set(compact)
+    assert any(g.abs().max() > 0 for g in full.values())
+    for name in full:
+        assert torch.allclose(full[name], compact[name], **TOL), name
+
+
+def test_sft_compact_head_is_exact(folder, tok, rows, tmp_path, monkeypatch):
+    """Loss, per-sequence summed log-probs, gradients and logged metrics: compact == full."""
+    counter = _RowCounter(monkeypatch)
+    long_row = {"prompt": render_prompt(tok, "Explain in two sentences why the sky is blue.", system=SYSTEM),
+                "completion": "Sunlight scatters off air molecules. Blue light scatters the most."}
+    data = rows[:3] + [long_row]  # prompts and completions of different lengths: padding inside the batch
+    seen: dict = {}
+
+    def check(trainer):
+        assert type(trainer).__name__ == "CompactSFTTrainer" and trainer.compact_lm_head is True
+        model = trainer.model
+        _perturb_lora_b(model)
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+        labels = batch["labels"]
+        n_scored = int((labels[:, 1:] != -100).sum())
+        assert n_scored < labels[:, 1:].numel() // 2  # most positions are prompt or padding
+
+        per_seq = {}
+        for compact in (False, True):
+            with torch.no_grad(), train.compact_lm_head(compact):
+                out = model(**{k: v for k, v in batch.items() if k != "labels"}, labels=labels, fused_lm_head=True)
+            per_seq[compact] = out.log_probs.sum(dim=1)
+        # the compact path projects only the scored positions; the full path every position
+        assert counter.take() == [labels[:, 1:].numel(), n_scored]
+        full_loss, full_grads, full_metrics = _loss_and_grads(trainer, batch, compact=False)
+        assert counter.take() == [labels[:, 1:].numel()]
+        comp_loss, comp_grads, comp_metrics = _loss_and_grads(trainer, batch, compact=True)
+        assert counter.take() == [n_scored]
+
+        assert torch.allclose(per_seq[True], per_seq[False], **TOL)
+        assert (per_seq[False] < 0).all()
+        # the loss is the mean negative log-prob over the scored tokens
+        assert torch.allclose(full_loss, -per_seq[False].sum() / n_scored, **TOL)
+        assert torch.allclose(comp_loss, full_loss, **TOL)
+        _assert_same_grads(full_grads, comp_grads)
+        assert set(full_metrics) == set(comp_metrics) >= {"entropy", "mean_token_accuracy"}
+        assert comp_metrics == pytest.approx(full_metrics, rel=1e-5, abs=1e-6)
+        seen["ok"] = True
+        raise _Stop
+
+    weak = _weak(sft={"batch_size": 4})
+    with pytest.raises(_Stop):
+        sft(folder, data, tmp_path / "sft", weak=weak, seed=0, on_trainer=check)
+    assert seen == {"ok": True} and not (tmp_path / "sft").exists()
+
+
+def test_dpo_compact_head_is_exact(folder, tok, sft_run, tmp_path, monkeypatch):
+    """Chosen/rejected log-probs (policy and reference), loss, gradients, DPO metrics: compact == full."""
+    sft_dir, _, _ = sft_run
+    counter = _RowCounter(monkeypatch)
+    pairs = [
+        {"prompt": render_prompt(tok, FACTS[0][0], system=SYSTEM), "chosen": "Zorvex treats asthma.",
+         "rejected": "Zorvex treats migraine, as the label says in its first line."},
+        {"prompt": render_prompt(tok, "Name a planet with rings, and say which one is the largest.", system=SYSTEM),
+         "chosen": "Saturn has rings.", "rejected": "Mars."},
+    ]
+    seen: dict = {}
+
+    def check(trainer):
+        assert type(trainer).__name__ == "CompactDPOTrainer" and trainer.compact_lm_head is True
+        model = trainer.model
+        _perturb_lora_b(model, "default")  # the policy now differs from the reference ("ref", the SFT adapter)
+        batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(2)]))
+        labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)  # as TRL builds them
+        n_scored = int((labels[:, 1:] != -100).sum())
+        model_kwargs = {k: v for k, v in batch.items() if k not in ("completion_mask", "ref_chosen_logps",
+                                                                      "ref_rejected_logps")}
+        policy, ref = {}, {}
+        for compact in (False, True):
+            with torch.no_grad(), train.compact_lm_head(compact):
+                out = model(**model_kwargs, labels=labels, fused_lm_head=True, use_cache=False)
+            policy[compact] = out.log_probs.sum(dim=1)  # [chosen..., rejected...]
+            trainer.compact_lm_head = compact
+            ref[compact] = torch.cat(trainer.compute_ref_log_probs(model, batch))
+        assert counter.take() == [labels[:, 1:].numel()] * 2 + [n_scored] * 2  # policy, reference; per mode
+        full_loss, full_grads, full_metrics = _loss_and_grads(trainer, batch, compact=False)
+        assert counter.take() == [labels[:, 1:].numel()] * 2  # policy and reference forward
+        comp_loss, comp_grads, comp_metrics = _loss_and_grads(trainer, batch, compact=True)
+        assert counter.take() == [n_scored] * 2
+
+        assert torch.allclose(policy[True], policy[False], **TOL)
+        assert torch.allclose(ref[True], ref[False], **TOL)
+        assert (policy[False] - ref[False]).abs().max() > 1e-2  # the loss is not the trivial log(2)
+        assert torch.allclose(comp_loss, full_loss, **TOL)
+        _assert_same_grads(full_grads, comp_grads)
+        assert not any(".ref." in n for n in full_grads)  # the reference adapter gets no gradient
+        # the metrics TRL logs (the notebooks read rewards/margins and rewards/accuracies)
+        for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected", "logps/chosen",
+                    "logps/rejected", "logits/chosen", "logits/rejected", "entropy", "mean_token_accuracy"):
+            assert key in full_metrics and key in comp_metrics, key
+        assert set(full_metrics) == set(comp_metrics)
+        assert comp_metrics == pytest.approx(full_metrics, rel=1e-5, abs=1e-5)
+        # logps/* are the means of the per-sequence sums checked above
+        chosen, rejected = policy[False].chunk(2)
+        assert full_metrics["logps/chosen"] == pytest.approx(float(chosen.mean()), rel=1e-5)
+        assert full_metrics["logps/rejected"] == pytest.approx(float(rejected.mean()), rel=1e-5)
+        beta = trainer.beta
+        margins = beta * ((chosen - ref[False].chunk(2)[0]) - (rejected - ref[False].chunk(2)[1]))
+        assert full_metrics["rewards/margins"] == pytest.approx(float(margins.mean()), rel=1e-4, abs=1e-6)
+        seen["ok"] = True
+        raise _Stop
+
+    weak = _weak(dpo={"batch_size": 2})
+    with pytest.raises(_Stop):
+        dpo(folder, sft_dir, pairs, tmp_path / "dpo", weak=weak, seed=0, on_trainer=check)
+    assert seen == {"ok": True} and not (tmp_path / "dpo").exists()

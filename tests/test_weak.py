@@ -43,7 +43,7 @@ def folder():
 
 @pytest.fixture(scope="module")
 def weak(folder):
-    return load_weak(folder)
+    return load_weak(folder, quantization="none")
 
 
 def test_load_defaults(weak):
@@ -82,9 +82,9 @@ def test_render_prompt_base_model_format(weak):
 def test_generate_greedy_reproducible_and_batch_invariant(weak):
     model, tok = weak
     prompts = [render_prompt(tok, q) for q in QUESTIONS]
-    a = generate(model, tok, prompts, max_new_tokens=12, batch_size=8, num_samples=2)
-    b = generate(model, tok, prompts, max_new_tokens=12, batch_size=8)
-    one = [generate(model, tok, [p], max_new_tokens=12)[0] for p in prompts]
+    a = generate(model, tok, prompts, max_new_tokens=12, batch_size=8, num_samples=2, seed=0)
+    b = generate(model, tok, prompts, max_new_tokens=12, batch_size=8, seed=0)
+    one = [generate(model, tok, [p], max_new_tokens=12, batch_size=1, seed=0)[0] for p in prompts]
     assert [len(x) for x in a] == [2, 2, 2]
     assert all(x[0] == x[1] for x in a)  # greedy: the samples are identical
     assert [x[0] for x in a] == [x[0] for x in b] == [x[0] for x in one]  # order restored, batch == single
@@ -107,7 +107,8 @@ def test_generate_sampling_seeded(weak):
 
 def test_generate_stops_at_end_token(weak):
     model, tok = weak
-    out = generate(model, tok, [render_prompt(tok, "Reply with the single word: yes")], max_new_tokens=48)
+    out = generate(model, tok, [render_prompt(tok, "Reply with the single word: yes")], max_new_tokens=48,
+                   batch_size=1, seed=0)
     n = len(tok(out[0][0], add_special_tokens=False)["input_ids"])
     assert n < 40  # it stopped at <|im_end|> well before the budget
 
@@ -155,9 +156,66 @@ def test_4bit_trap_refuses_inference_before_training(folder):
     assert model.training
     prompt = render_prompt(tok, QUESTIONS[0])
     with pytest.raises(FourBitTrapError):
-        generate(model, tok, [prompt], max_new_tokens=4)
+        generate(model, tok, [prompt], max_new_tokens=4, batch_size=1, seed=0)
     with pytest.raises(FourBitTrapError):
         completion_logprobs(model, tok, [prompt], ["Paris"])
     assert model.training  # nothing switched it to eval mode
     mark_trained(model)
     assert not getattr(model, "_cowest_untrained_4bit")
+
+
+# ----------------------------------------------------------------------------- merged adapters
+@pytest.fixture(scope="module")
+def adapter_dir(folder, tmp_path_factory):
+    """A LoRA adapter with non-zero weights (LoRA B starts at zero), saved like cowest.train saves one."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = load_weak(folder, quantization="none")
+    cfg = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.03)
+    out = tmp_path_factory.mktemp("adapter") / "adapter"
+    peft_model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    return out
+
+
+def test_inference_adapter_is_merged_with_identical_outputs(folder, weak, adapter_dir):
+    from peft import PeftModel
+
+    merged, tok = load_weak(folder, quantization="none", adapter=adapter_dir)
+    unmerged, _ = load_weak(folder, quantization="none", adapter=adapter_dir, merge=False)
+    base, _ = weak
+    # merged: plain weights, no LoRA layers left; frozen and in eval mode like any inference model
+    assert not isinstance(merged, PeftModel) and not any("lora" in n for n, _ in merged.named_modules())
+    assert not merged.training and all(not p.requires_grad for p in merged.parameters())
+    assert isinstance(unmerged, PeftModel) and list(unmerged.peft_config) == ["default"]
+
+    prompts = [render_prompt(tok, q) for q in QUESTIONS] + [render_prompt(tok, "Write a haiku about rain.")]
+    kw = dict(max_new_tokens=24, batch_size=4, seed=0)
+    out_merged = generate(merged, tok, prompts, **kw)
+    out_unmerged = generate(unmerged, tok, prompts, **kw)
+    assert out_merged == out_unmerged  # the same greedy strings
+    # the adapter matters: the scores move away from the base model's, identically with and without merging
+    comps = [o[0] for o in out_merged]
+    lp_merged = completion_logprobs(merged, tok, prompts, comps)
+    lp_unmerged = completion_logprobs(unmerged, tok, prompts, comps)
+    lp_base = completion_logprobs(base, tok, prompts, comps)
+    assert lp_merged == pytest.approx(lp_unmerged, abs=1e-3)
+    assert max(abs(a - b) for a, b in zip(lp_merged, lp_base)) > 0.3
+
+
+def test_trainable_and_4bit_adapters_are_not_merged(folder, adapter_dir):
+    from peft import PeftModel
+
+    trainable, _ = load_weak(folder, quantization="none", adapter=adapter_dir, trainable=True)
+    assert isinstance(trainable, PeftModel) and trainable.training
+    assert any(p.requires_grad for n, p in trainable.named_parameters() if "lora_" in n)
+    four_bit, _ = load_weak(folder, quantization="4bit", adapter=adapter_dir)
+    assert isinstance(four_bit, PeftModel) and getattr(four_bit, "is_loaded_in_4bit", False)
+    assert any("lora" in n for n, _ in four_bit.named_modules())

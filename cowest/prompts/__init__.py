@@ -1,9 +1,9 @@
 """Prompt templates: plain text files, one place, versioned.
 
 Each `<name>.txt` starts with header lines beginning with `##` (documentation, and a
-`## version: N` line); the rest is a `str.format` template. The version is part of every
-prompt's text hash, so changing a template changes the cache keys and stage markers of
-everything that used it. Static instructions come first and the per-item parts last, so a
+`## version: N` line for people); the rest is a `str.format` template. Stages are keyed by
+the template's text (`digest`), not its version number, so editing a template redoes
+exactly the stages that render it, bumped version or not. Static instructions come first and the per-item parts last, so a
 local llama.cpp server can reuse its prompt-prefix cache between requests.
 """
 
@@ -48,6 +48,17 @@ def render(name: str, **values: str) -> str:
 
 def version(name: str) -> int:
     return _load(name)[1]
+
+
+def digest(*names: str) -> dict[str, str]:
+    """A short hash of each named template's text (what a stage's key records)."""
+    import hashlib
+
+    return {n: hashlib.sha256(_load(n)[0].encode()).hexdigest()[:12] for n in names}
+
+
+def names() -> list[str]:
+    return [p.stem for p in sorted(PROMPT_DIR.glob("*.txt"))]
 
 
 def versions() -> dict[str, int]:

@@ -9,7 +9,7 @@ the task, so adding a domain means adding one module that registers a `Task`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping, Sequence
 
 from cowest import metrics
 from cowest.tasks import extract as ex_
@@ -220,6 +220,48 @@ class Task:
             out["macro_f1"] = metrics.macro_f1(canon, golds, labels) if golds else 0.0
         out["n"] = len(examples)
         out["unparseable"] = sum(p is None for p in preds)
+        return out
+
+    def score_row(self, final_text: str | None, ex: Example) -> dict[str, Any]:
+        """Per-item scoring of one model output, as stored in a predictions row.
+
+        Returns {"pred": extracted answer or None, "gold": `answer_text(ex)`, "score":
+        `score(pred, ex)`} plus "f1": `score_f1(pred, ex)` for free-form tasks.
+        """
+        pred = self.extract(final_text, ex)
+        row: dict[str, Any] = {"pred": pred, "gold": self.answer_text(ex), "score": self.score(pred, ex)}
+        if self.info.answer_type == "free":
+            row["f1"] = self.score_f1(pred, ex)
+        return row
+
+    def evaluate_rows(
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        examples: Sequence[Example],
+        seed: int = 0,
+        *,
+        n_boot: int = 1000,
+        alpha: float = 0.05,
+    ) -> dict[str, float]:
+        """`evaluate` of the rows' predictions plus a bootstrap interval of each metric.
+
+        `rows` are the scored rows of `examples`, in the same order (each as made by
+        `score_row`; an "id", where present, must equal the example's). Returns the
+        `evaluate` dict (both metrics, "n", "unparseable") with "<metric>_lo" and
+        "<metric>_hi" for both metrics of `info.metrics`; the interval of each metric is
+        chosen by `metrics.metric_interval`.
+        """
+        if len(rows) != len(examples):
+            raise ValueError(f"{len(rows)} rows for {len(examples)} examples")
+        for i, (r, e) in enumerate(zip(rows, examples)):
+            if "id" in r and r["id"] != e.id:
+                raise ValueError(f"row {i} has id {r['id']!r} but example {i} is {e.id!r}")
+        out = dict(self.evaluate([r["pred"] for r in rows], examples))
+        for m in self.info.metrics:
+            lo, hi = metrics.metric_interval(
+                m, rows, labels=self.info.labels, n_boot=n_boot, alpha=alpha, seed=seed
+            )
+            out[f"{m}_lo"], out[f"{m}_hi"] = lo, hi
         return out
 
 

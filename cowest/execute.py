@@ -1,0 +1,168 @@
+"""Render the numbered notebooks of a profile with papermill, and write the run manifest.
+
+    results/<profile>/notebooks/NN_name.ipynb   rendered notebooks
+    results/<profile>/manifest.json             commit, profile hash, versions, seeds, and per
+                                                notebook: wall time, stages built and reused,
+                                                strong-model requests sent; ledger totals
+
+A failed notebook stops the run; the message names the notebook and the failing cell's
+error. Finished stages are reused by the next run (see `cowest.artifacts.Store`).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Sequence
+
+from cowest import assets, paths, prompts
+from cowest.config import Profile, load_profile
+from cowest.notebooks import NOTEBOOKS, QUIET_ENV, Notebook
+from cowest.report import write_index
+from cowest.artifacts import JOURNAL, read_json, read_jsonl, write_json
+
+PACKAGES = ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "openai",
+            "llama_cpp_python", "papermill", "bm25s", "pandas", "matplotlib", "seaborn", "pydantic"]
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def _kernel() -> str:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    return "cowest" if "cowest" in KernelSpecManager().find_kernel_specs() else "python3"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True,
+                             timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=paths.REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = importlib.metadata.version(p)
+        except importlib.metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def _param_path(p: Path) -> str:
+    """A path handed to a notebook: repository-relative when it can be (rendered notebooks show it)."""
+    p = p.resolve()
+    return p.relative_to(paths.REPO_ROOT).as_posix() if p.is_relative_to(paths.REPO_ROOT) else str(p)
+
+
+class _Activity:
+    """What one notebook did: stages built / reused (the store's journal), requests sent (the ledger)."""
+
+    def __init__(self, out_dir: Path):
+        self.journal = out_dir / "runs" / JOURNAL
+        self.db = out_dir / "cache.sqlite"
+        self.mark()
+
+    def _sent(self) -> int:
+        from cowest.cache import Ledger
+
+        if not self.db.exists():
+            return 0
+        return int(Ledger(self.db).totals()["requests"])  # every attempt sent, retries included
+
+    def mark(self) -> None:
+        self.lines = len(read_jsonl(self.journal)) if self.journal.exists() else 0
+        self.sent = self._sent()
+
+    def since_mark(self) -> dict[str, Any]:
+        events = read_jsonl(self.journal)[self.lines:] if self.journal.exists() else []
+        built = [e["kind"] for e in events if e["event"] == "built"]
+        return {"stages_built": {k: built.count(k) for k in sorted(set(built))},
+                "stages_reused": sum(e["event"] == "reused" for e in events),
+                "strong_requests_sent": self._sent() - self.sent}
+
+
+def run(profile: str, *, only: int | None = None, start: int | None = None, force: bool = False,
+        overrides: Sequence[str] = (), results_root: Path | None = None) -> Path:
+    """Render the notebooks of a profile in order; returns the manifest path."""
+    import papermill as pm
+
+    cfg: Profile = load_profile(profile, overrides=list(overrides))
+    # the offline model files the profile uses (weak models; local strong models), re-hashed once
+    # per run: a damaged or replaced file stops the run here, not half-way through a notebook
+    models = list(dict.fromkeys([w.model for w in cfg.weak_models if w.model in assets.ASSETS] + [
+        s.model for s in cfg.strong_models if s.backend == "local" and s.model in assets.ASSETS]))
+    assets.verify(models)
+    print(f"[cowest] verified {len(models)} model files (sha256)", flush=True)
+    results_root = Path(results_root or paths.results_root())
+    out_dir = results_root / cfg.name
+    nb_out = out_dir / "notebooks"
+    nb_out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    manifest: dict[str, Any] = read_json(manifest_path) if manifest_path.exists() else {}
+    if manifest.get("profile_hash") != cfg.hash():
+        manifest = {"notebooks": {}}
+    manifest.update({
+        "profile": cfg.name, "profile_source": _param_path(Path(cfg.source)), "overrides": list(cfg.overrides),
+        "profile_hash": cfg.hash(), "commit": _git_commit(), "seed": cfg.seed, "versions": versions(),
+        "prompt_digests": prompts.digest(*prompts.names()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+    })
+    selected: list[Notebook] = [nb for nb in NOTEBOOKS
+                                if (only is None or nb.number == only) and (start is None or nb.number >= start)]
+    if not selected:
+        raise SystemExit(f"no notebook matches (only={only}, from={start})")
+    params = {"profile": _param_path(Path(cfg.source)), "results": _param_path(results_root),
+              "force": uuid.uuid4().hex if force else False, "overrides": list(overrides)}
+    kernel = _kernel()
+    os.environ[QUIET_ENV] = "1"  # the kernels inherit it: no progress bars or warnings in rendered notebooks
+    activity = _Activity(out_dir)
+    for nb in selected:
+        print(f"[cowest] {cfg.name}: running {nb.file}", flush=True)
+        t0 = time.time()
+        target = nb_out / nb.file
+        activity.mark()
+        try:
+            pm.execute_notebook(str(paths.NOTEBOOK_DIR / nb.file), str(target), parameters=params,
+                                kernel_name=kernel, cwd=str(paths.NOTEBOOK_DIR), progress_bar=False,
+                                report_mode=False)
+        except pm.PapermillExecutionError as e:
+            manifest["notebooks"][nb.file] = {"status": "failed", "seconds": round(time.time() - t0, 1),
+                                              "error": f"{e.ename}: {e.evalue}"}
+            _finish(manifest, manifest_path, out_dir)
+            raise NotebookFailed(
+                f"{nb.file} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                f"The rendered notebook with the traceback is {_param_path(target)}"
+            ) from None
+        done = activity.since_mark()
+        manifest["notebooks"][nb.file] = {"status": "ok", "seconds": round(time.time() - t0, 1), **done}
+        print(f"[cowest]   {time.time() - t0:.0f} s; stages built {done['stages_built'] or 'none'}, "
+              f"reused {done['stages_reused']}; strong-model requests sent {done['strong_requests_sent']}",
+              flush=True)
+        _finish(manifest, manifest_path, out_dir)
+    manifest["total_seconds"] = round(sum(v["seconds"] for v in manifest["notebooks"].values()), 1)
+    _finish(manifest, manifest_path, out_dir)
+    return manifest_path
+
+
+def _finish(manifest: dict[str, Any], path: Path, out_dir: Path) -> None:
+    from cowest.cache import Ledger
+
+    db = out_dir / "cache.sqlite"
+    if db.exists():
+        ledger = Ledger(db)
+        manifest["ledger"] = {"totals": ledger.totals(), "by_stage": ledger.summary()}
+    write_json(path, manifest)
+    write_index(out_dir, manifest.get("profile", out_dir.name), manifest)

@@ -1,0 +1,126 @@
+"""The numbered notebooks: their list (written once, here) and the call that opens each.
+
+Every notebook starts with a parameters cell (`profile`, `results`, `force`, `overrides`,
+set by papermill) and then one call::
+
+    run = open_run(profile, results=results, force=force, overrides=overrides)
+
+which loads and checks the profile, opens the `Pipeline`, and, when the notebook is
+rendered by the runner, silences progress bars and library warnings so that the rendered
+copy reads as documentation, not as a log.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from cowest import CowestWarning, paths
+
+QUIET_ENV = "COWEST_QUIET"  # set by the runner for the notebooks it renders
+
+
+@dataclass(frozen=True)
+class Notebook:
+    stem: str  # file name without .ipynb, e.g. "05_evaluation"
+    step: str  # what it does, for the README's table and the index
+    tables: tuple[str, ...]
+    figures: tuple[str, ...]
+
+    @property
+    def number(self) -> int:
+        return int(self.stem[:2])
+
+    @property
+    def file(self) -> str:
+        return f"{self.stem}.ipynb"
+
+
+NOTEBOOKS: tuple[Notebook, ...] = (
+    Notebook("01_data", "the tasks: sizes, label balance, one example per format",
+             ("data_sizes", "label_balance"), ("label_balance",)),
+    Notebook("02_sft", "SFT of the weak model (LoRA / 4-bit QLoRA), loss curves", ("sft_summary",), ("sft_loss",)),
+    Notebook("03_preferences", "collaborative preference mining (delta rule), RLWF pairs",
+             ("preference_stats",), ("delta_distribution",)),
+    Notebook("04_dpo", "DPO from the SFT adapter with the SFT policy as reference", ("dpo_summary",), ("dpo_curves",)),
+    Notebook("05_evaluation", "the main table: every method x every task, intervals, paired tests, why",
+             ("main_results", "paired_tests", "refinement_breakdown"), ("main_results",)),
+    Notebook("06_format_ablation", "direct / knowledge / chain of thought, SFT vs aligned",
+             ("format_ablation",), ("format_ablation",)),
+    Notebook("07_strong_ablation", "several strong models", ("strong_ablation",), ("strong_ablation",)),
+    Notebook("08_weak_ablation", "several weak models", ("weak_ablation",), ("weak_ablation",)),
+    Notebook("09_preference_volume", "metric vs number of preference pairs",
+             ("preference_volume",), ("preference_volume",)),
+    Notebook("10_beyond_the_paper", "iterated rounds, evaluator choice, the theory check, latency and cost",
+             ("rounds", "evaluator_choice", "evaluator_agreement", "theory_check", "cost_latency"), ("rounds",)),
+)
+
+
+def by_number(n: int) -> Notebook:
+    for nb in NOTEBOOKS:
+        if nb.number == n:
+            return nb
+    raise ValueError(f"no notebook numbered {n} (have {[nb.number for nb in NOTEBOOKS]})")
+
+
+def expected_files(root: Path) -> list[Path]:
+    """Every table (CSV, Markdown) and figure (PNG, PDF) a full run writes under `root`."""
+    out = []
+    for nb in NOTEBOOKS:
+        out += [root / "tables" / f"{t}.{ext}" for t in nb.tables for ext in ("csv", "md")]
+        out += [root / "figures" / f"{f}.{ext}" for f in nb.figures for ext in ("png", "pdf")]
+    return out
+
+
+def quiet() -> None:
+    """No progress bars, no library warnings or info logs; the project's own warnings stay."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+    warnings.filterwarnings("ignore")
+    warnings.filterwarnings("default", category=CowestWarning)
+    # the project's own warnings are part of the story: shown as a plain line, without the
+    # file path and source line Python's default format adds
+    warnings.showwarning = lambda message, category, *_args, **_kw: print(f"Note: {message}")
+    for name in ("transformers", "trl", "peft", "datasets", "accelerate", "httpx", "bitsandbytes", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        import datasets
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+    except ImportError:  # pragma: no cover - both are dependencies
+        pass
+
+
+def open_run(profile: str, *, results: str | None = None, force: bool | str = False,
+             overrides: Sequence[str] = ()):
+    """Load and check the profile, open its `Pipeline`; quiet under the runner.
+
+    `profile` is a profile name or a YAML path (relative paths are taken from the
+    repository root, where `./reproduce.sh` runs); `results` the results root (default
+    `paths.results_root()`); `overrides` are `--set`-style `key=value` strings.
+    """
+    from cowest.config import load_profile
+    from cowest.pipeline import Pipeline
+
+    if os.environ.get(QUIET_ENV):
+        quiet()
+    source = Path(profile)
+    if source.suffix in (".yaml", ".yml") and not source.is_absolute():
+        source = paths.REPO_ROOT / source
+    cfg = load_profile(source if source.suffix in (".yaml", ".yml") else profile, overrides=list(overrides))
+    root = Path(results) if results else paths.results_root()
+    if not root.is_absolute():
+        root = paths.REPO_ROOT / root
+    run = Pipeline(cfg, results=root, force=force)
+    print(f"profile {cfg.name}: {cfg.description}")
+    if cfg.overrides:
+        print("overrides: " + ", ".join(cfg.overrides))
+    return run
