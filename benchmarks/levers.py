@@ -153,19 +153,30 @@ def _check_losses(losses: dict[bool, list[float]], what: str) -> float:
     return diff
 
 
-def bench_sft(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
+def build_sft_step(name: str, weak: Any, workdir: Path, *, quantization: str = "none",
+                   n_rows: int | None = None) -> tuple[Any, dict[str, torch.Tensor], Any, int]:
+    """An SFT trainer (LoRA; QLoRA with ``quantization="4bit"``) and one collated batch of
+    ``n_rows`` (default all 8) prompt-completion rows: ``(trainer, batch, tokenizer, n_rows)``.
+    Also used by ``benchmarks/suite.py``."""
     from datasets import Dataset
 
     folder = hf_folder(name)
     tok = load_tokenizer(folder)
-    rows = [{"prompt": render_prompt(tok, q, system=SYSTEM), "completion": c} for q, c in TOPICS]
-    args = train.sft_config(weak, workdir / f"sft-{name}", 0, end_token(tok))
-    model, tok = load_weak(folder, quantization="none", trainable=True)
+    rows = [{"prompt": render_prompt(tok, q, system=SYSTEM), "completion": c} for q, c in TOPICS[:n_rows]]
+    args = train.sft_config(weak, workdir / f"sft-{name}-{quantization}", 0, end_token(tok))
+    model, tok = load_weak(folder, quantization=quantization, trainable=True)
     tok.padding_side = "right"
     trainer = train.sft_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(rows),
                                         processing_class=tok, peft_config=train.lora_config(weak.lora))
     _perturb_lora_b(trainer.model)
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))]))
+    return trainer, batch, tok, len(rows)
+
+
+def bench_sft(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
+    trainer, batch, tok, n_rows = build_sft_step(name, weak, workdir)
+    model = trainer.model
+    rows = TOPICS[:n_rows]
     lengths = batch["attention_mask"].sum(1).tolist()
     scored = int((batch["labels"][:, 1:] != -100).sum())
     losses: dict[bool, list[float]] = {False: [], True: []}
@@ -183,18 +194,23 @@ def bench_sft(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
     }
 
 
-def bench_dpo(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
+def build_dpo_step(name: str, weak: Any, workdir: Path, *, quantization: str = "none",
+                   n_pairs: int | None = None) -> tuple[Any, dict[str, torch.Tensor], Any, int]:
+    """A DPO trainer (policy adapter ``"default"`` and reference ``"ref"``, as ``cowest.train.dpo``
+    builds it; QLoRA with ``quantization="4bit"``) and one collated batch of ``n_pairs``
+    (default ``weak.dpo.batch_size``) preference pairs: ``(trainer, batch, tokenizer, n_pairs)``.
+    Also used by ``benchmarks/suite.py``."""
     from datasets import Dataset
 
     folder = hf_folder(name)
     tok = load_tokenizer(folder)
-    adapter = _random_adapter(folder, weak.lora, workdir / f"adapter-{name}")
+    adapter = _random_adapter(folder, weak.lora, workdir / f"adapter-{name}-{quantization}")
     pairs = []
-    for i, (q, c) in enumerate(TOPICS[: weak.dpo.batch_size]):
+    for i, (q, c) in enumerate(TOPICS[: n_pairs or weak.dpo.batch_size]):
         other = TOPICS[(i + 1) % len(TOPICS)][1]
         pairs.append({"prompt": render_prompt(tok, q, system=SYSTEM), "chosen": c, "rejected": other})
-    args = train.dpo_config(weak, workdir / f"dpo-{name}", 0)
-    model, tok = load_weak(folder, quantization="none", adapter=adapter, trainable=True)
+    args = train.dpo_config(weak, workdir / f"dpo-{name}-{quantization}", 0)
+    model, tok = load_weak(folder, quantization=quantization, adapter=adapter, trainable=True)
     tok.padding_side = "right"
     tok.eos_token = end_token(tok)
     trainer = train.dpo_trainer_class()(model=model, args=args, train_dataset=Dataset.from_list(pairs),
@@ -203,6 +219,13 @@ def bench_dpo(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
     assert set(peft_model.peft_config) == {"default", "ref"}
     _perturb_lora_b(peft_model, "default", seed=1)  # the policy differs from the reference
     batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(len(pairs))]))
+    return trainer, batch, tok, len(pairs)
+
+
+def bench_dpo(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
+    trainer, batch, tok, n_pairs = build_dpo_step(name, weak, workdir)
+    model = trainer.model
+    pairs = TOPICS[:n_pairs]
     scored = int((batch["completion_mask"][:, 1:] != 0).sum())
     losses: dict[bool, list[float]] = {False: [], True: []}
     run = _step_timer(trainer, batch, losses)

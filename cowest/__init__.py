@@ -12,9 +12,14 @@ The map, one job per module:
                      extraction, per-item scoring and intervals, the paper's reported numbers
         metrics      EM, token F1, accuracy, macro-F1, bootstrap intervals, paired tests
         weak         the weak model: loading (LoRA / 4-bit QLoRA) and generation
-        client       the strong model over an OpenAI-compatible API: cache, retries, ledger
-        server       a local llama.cpp server for the offline strong models
-        cache        request cache (SQLite, replayable) and the cost ledger
+        client       the strong model over an OpenAI-compatible API: requests, retries, budget checks
+        replies      one request sent and its reply: Completion, parsing, log-probs, hiding the key
+        endpoint     where requests go: an API URL, or local servers started at the first cache miss
+        server       local llama.cpp servers for the offline strong models (LocalServer, ServerPool)
+        childproc    child processes that die with ours (spawn, SIGTERM/atexit, socket ownership)
+        cache        request cache (SQLite, replayable), keyed by what changes an answer
+        ledger       the cost ledger: every call, the budget cap, prompt-token bounds
+        sqlstore     the SQLite file that cache and ledger share (per-thread connections, WAL)
         collaborate  strong alone, strong refining a weak draft
         preferences  evaluators, the delta rule, pairing, mining
         train        SFT and DPO over TRL (one config builder and one trainer call each)

@@ -129,17 +129,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     the line (1-based, blank lines counted, as an editor shows it) and the fix."""
     path = Path(path)
     out = []
-    with path.open(encoding="utf-8") as f:
-        n = 0
-        try:
-            for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
                 if line.strip():
                     out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise ArtifactError(f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno}): the file was cut "
-                                f"or edited; {_fix(path)}") from None
-        except UnicodeDecodeError as e:
-            raise ArtifactError(f"{path}, line {n + 1}: not UTF-8 text: the file is corrupt; {_fix(path)}") from None
+            except json.JSONDecodeError as e:
+                raise ArtifactError(f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno}): the file was "
+                                    f"cut or edited; {_fix(path)}") from None
+            except UnicodeDecodeError:
+                raise ArtifactError(f"{path}, line {n}: not UTF-8 text: the file is corrupt; {_fix(path)}") from None
     return out
 
 
@@ -201,6 +201,17 @@ def _checked_by_content(rel: Path) -> bool:
 def _is_temporary(rel: Path) -> bool:
     # atomic_write_text's ".<name>.XXXX.tmp", atomic_dir's ".<name>.XXXX/", partial downloads
     return any(part.startswith(".") for part in rel.parts) or rel.suffix in (".tmp", ".partial")
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Remove what a killed build left at the top of a stage folder: atomic_write_text's
+    ``.<name>.XXXX.tmp`` files and atomic_dir's ``.<name>.XXXX/`` folders."""
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and "." in entry.name[1:]:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
 
 def _count_lines(path: Path) -> int:
@@ -326,6 +337,7 @@ class Store:
         else:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / MARKER).unlink(missing_ok=True)
+            _remove_temporaries(folder)  # left by a build that was killed
             failed = build(folder)
             missing = [o for o in outputs if not (folder / o).exists()]
             if missing:

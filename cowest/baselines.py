@@ -21,13 +21,15 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from cowest import prompts
 from cowest.collaborate import Collaborator, answer_hint
 from cowest.config import FlareSpec
-from cowest.client import Completion, StrongClient
+from cowest.client import StrongClient
+from cowest.replies import Completion
 from cowest.tasks.base import Example, Task
 
 
@@ -55,7 +57,7 @@ def low_confidence_query(logprobs: Sequence[tuple[str, float]], threshold: float
 
 
 class Retriever:
-    """BM25 over a task's corpus (bm25s)."""
+    """BM25 over a task's corpus (bm25s). Safe to share between threads (searches take turns)."""
 
     def __init__(self, corpus: Sequence[str]):
         import bm25s
@@ -65,14 +67,16 @@ class Retriever:
         self.corpus = list(corpus)
         self._bm25 = bm25s.BM25()
         self._bm25.index(bm25s.tokenize(self.corpus, stopwords="en", show_progress=False), show_progress=False)
+        self._lock = threading.Lock()
 
     def search(self, query: str, k: int) -> list[str]:
         import bm25s
 
         k = min(k, len(self.corpus))
-        docs, _ = self._bm25.retrieve(
-            bm25s.tokenize([query], stopwords="en", show_progress=False), k=k, show_progress=False
-        )
+        with self._lock:
+            docs, _ = self._bm25.retrieve(
+                bm25s.tokenize([query], stopwords="en", show_progress=False), k=k, show_progress=False
+            )
         return [self.corpus[int(i)] for i in docs[0]]
 
 
@@ -160,16 +164,42 @@ class Flare:
 
 def run_flare(spec: FlareSpec, items: Sequence[Example], *, retriever: Retriever, drafter: Collaborator,
               answerer: Collaborator, stage: str) -> list[dict[str, Any]]:
-    """FLARE on each item: the rows of the evaluation stage (final text, retrievals, queries)."""
+    """FLARE on each item: the rows of the evaluation stage (final text, retrievals, queries).
+
+    Items run in a bounded thread pool of the drafter client's `concurrency` (each item's
+    passes stay in order: a pass depends on the one before); rows come back in item order,
+    the same whatever the pool's size. An exception of one item cancels the items not yet
+    started and is raised.
+    """
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from tqdm.auto import tqdm
 
     fl = Flare.from_spec(spec, collab=drafter, retriever=retriever, answerer=answerer)
-    rows = []
-    for e in tqdm(items, desc=f"{stage}: FLARE"):
+
+    def row(e: Example) -> dict[str, Any]:
         a = fl.answer(e, stage=stage)
-        rows.append({"id": e.id, "final": a["text"], "retrievals": a["retrievals"], "queries": a["queries"],
-                     "error": a["error"]})
-    return rows
+        return {"id": e.id, "final": a["text"], "retrievals": a["retrievals"], "queries": a["queries"],
+                "error": a["error"]}
+
+    workers = max(1, int(getattr(drafter.client, "concurrency", 1)))
+    rows: list[dict[str, Any] | None] = [None] * len(items)
+    with tqdm(total=len(items), desc=f"{stage}: FLARE") as bar:
+        if workers == 1 or len(items) <= 1:
+            for i, e in enumerate(items):
+                rows[i] = row(e)
+                bar.update(1)
+        else:
+            ex = ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix="flare")
+            try:
+                futures = {ex.submit(row, e): i for i, e in enumerate(items)}
+                for fut in as_completed(futures):
+                    rows[futures[fut]] = fut.result()
+                    bar.update(1)
+            finally:
+                ex.shutdown(wait=True, cancel_futures=True)
+    assert all(r is not None for r in rows)
+    return rows  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------- SuperICL

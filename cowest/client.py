@@ -1,28 +1,21 @@
 """The strong-model client: one job, calling an OpenAI-compatible endpoint well.
 
-The strong model of CoWest is reached only through an API (GPT-4 in the paper). This module
-provides:
+The strong model of CoWest is reached only through an API (GPT-4 in the paper).
+[`StrongClient`] calls any OpenAI-compatible endpoint (OpenAI, a vLLM or llama.cpp
+server, ...) through the official `openai` SDK, in chat or text-completion mode, with its
+own retry loop (exponential backoff with jitter, honouring `Retry-After`), a persistent
+[`RequestCache`](cowest.cache.RequestCache), a [`Ledger`](cowest.ledger.Ledger) of every
+call with a budget cap, bounded concurrency and token log-probabilities. Build it from a
+profile with [`StrongClient.from_spec`]. Its answers are
+[`Completion`](cowest.replies.Completion)s; parsing replies and hiding the API key in
+every message is [`cowest.replies`]'s job (see there for what "scrubbed" covers).
 
-- [`StrongClient`]: calls any OpenAI-compatible endpoint (OpenAI, a vLLM or llama.cpp
-  server, ...) through the official `openai` SDK, in chat or text-completion mode, with
-  its own retry loop (exponential backoff with jitter, honouring `Retry-After`), a
-  persistent [`RequestCache`](cowest.cache.RequestCache), a [`Ledger`](cowest.cache.Ledger)
-  of every call with a budget cap, bounded concurrency and token log-probabilities.
-  Build it from a profile with [`StrongClient.from_spec`].
-- [`Completion`]: one answer (text, token counts, log-probabilities, cached or not, error).
+Endpoints ([`cowest.endpoint`]): the base URL of an API, or local servers (a
+[`ServerPool`](cowest.server.ServerPool)) that the client starts on the first request its
+cache cannot answer (a rerun whose calls are all cached starts none); each request then
+goes to a server that no other request of this client is using.
 
-Starting a local llama.cpp server is the job of [`cowest.server`].
-
-Secrets: the API key is read only from the environment variable named by `api_key_env`,
-stripped of surrounding whitespace (a key read from a file often ends in a newline). It is
-handed to the SDK and nowhere else: it is not an attribute of the client, not in its repr,
-not in the cache key or the cache file, not in the ledger and not in any error message.
-Every message this module produces (`Completion.error`, [`StrongModelError`], the ledger's
-error column) is scrubbed of every representation of the key: as is, escaped (`repr`,
-JSON, a bytes repr such as `b'Bearer sk-...\\n'`), URL-encoded, with or without a trailing
-`\\n`/`\\r\\n`, and the bare key itself, so no fragment longer than `***` remains.
-
-Failures (each request sent is one row of the ledger, see [`cowest.cache.Ledger`]):
+Failures (each request sent is one row of the ledger, see [`cowest.ledger.Ledger`]):
 
 - transport errors (connection refused or reset, timeouts), HTTP 429 and 5xx are retried
   up to `max_retries` times; HTTP 429/503 wait at least what `Retry-After` says. Other 4xx
@@ -30,12 +23,12 @@ Failures (each request sent is one row of the ledger, see [`cowest.cache.Ledger`
   raises [`StrongModelError`].
 - a reply that arrives but is unusable (not JSON, truncated, no choices, `null` content,
   empty or blank text) is a failed attempt too: it is retried the same way, and if the
-  last attempt is still unusable the call returns a [`Completion`] whose `ok` is False
+  last attempt is still unusable the call returns a `Completion` whose `ok` is False
   (`error` says why, `text` is `""`). Such a reply is never cached, so a rerun sends
   exactly the failed requests again and never the answered ones.
 - with a budget cap, a request whose worst case (see
-  [`prompt_token_bound`](cowest.cache.prompt_token_bound) plus `max_tokens`) could pass
-  the cap raises [`BudgetExceeded`](cowest.cache.BudgetExceeded) before it is sent; each
+  [`prompt_token_bound`](cowest.ledger.prompt_token_bound) plus `max_tokens`) could pass
+  the cap raises [`BudgetExceeded`](cowest.ledger.BudgetExceeded) before it is sent; each
   retry is checked again.
 
 Money: every request sent is charged in the ledger: from the usage the server reports,
@@ -49,57 +42,35 @@ Duplicates: [`StrongClient.complete_many`] sends identical requests of one batch
 gives each position its own copy of the answer.
 
 Endpoint identity: the cache key includes the identity of what answers (field `server`
-of the request): the normalised base URL of an API (no credentials, no default port, no
-trailing slash), or `"local:<sha256 of the GGUF>"` for a local server (not its port). A
-local model named after an offline asset answers from exactly that asset's pinned file,
-so for it the identity adds nothing and is left out: such keys are those of earlier
-versions. Keys of API models changed when the identity was added (one more request each).
+of the request, see [`Endpoint.identity`](cowest.endpoint.Endpoint.identity)): never a
+port. A local model named after an offline asset answers from exactly that asset's pinned
+file, so for it the identity adds nothing and is left out: such keys are those of earlier
+versions. Keys of API models changed when the identity was added.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import email.utils
 import hashlib
-import json
 import os
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
-from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
-from cowest.cache import (
-    BudgetExceeded,
-    CacheMiss,
-    Ledger,
-    RequestCache,
-    estimate_tokens,
-    prompt_token_bound,
-    request_key,
-)
+from cowest.cache import CacheMiss, RequestCache, request_key
+from cowest.endpoint import Endpoint, Servers, pinned_identity
+from cowest.ledger import Ledger, prompt_token_bound
+from cowest.replies import Completion, copy_completion, key_hider, scrub_secret, send_once
 
 if TYPE_CHECKING:
     from cowest.config import StrongSpec
 
-__all__ = [
-    "BudgetExceeded",
-    "CacheMiss",
-    "Completion",
-    "StrongClient",
-    "StrongModelError",
-    "UnpricedModelError",
-    "endpoint_identity",
-    "scrub_secret",
-]
+__all__ = ["StrongClient", "StrongModelError", "UnpricedModelError"]
 
 Prompt = str | list[dict[str, Any]]
 
 _PLACEHOLDER_KEY = "sk-local"
-#: Server errors (HTTP 5xx) that no retry can fix.
-_PERMANENT_ERRORS = ("logits_all=False",)
 #: Retry backoff: `min(RETRY_MAX_S, RETRY_BASE_S * 2**k)` times a jitter in [0.5, 1]; a
 #: `Retry-After` header is honoured up to `RETRY_AFTER_MAX_S`. Not profile settings.
 RETRY_BASE_S = 1.0
@@ -115,159 +86,10 @@ class UnpricedModelError(StrongModelError, ValueError):
     """An API model without prices, not declared free: no budget cap could limit it."""
 
 
-# ---------------------------------------------------------------------------------------
-# secrets and endpoint identity
-# ---------------------------------------------------------------------------------------
-
-
-def _secret_forms(secret: str) -> list[str]:
-    """Every way `secret` may be written in a message, longest first (see the module doc)."""
-    core = secret.strip()
-    if not core:
-        return []
-    forms = {core}
-    for s in {secret, core, core + "\n", core + "\r\n", core + "\r"}:
-        forms.update({
-            s, repr(s)[1:-1], json.dumps(s)[1:-1], repr(s.encode("utf-8"))[2:-1],
-            s.encode("unicode_escape").decode("ascii"), quote(s), quote(s, safe=""),
-            quote_plus(s),
-        })
-    return sorted((f for f in forms if f.strip()), key=len, reverse=True)
-
-
-def scrub_secret(text: str, secret: str | None) -> str:
-    """`text` with every representation of `secret` replaced by `***`."""
-    if secret:
-        for form in _secret_forms(secret):
-            text = text.replace(form, "***")
-    return text
-
-
-def endpoint_identity(base_url: str) -> str:
-    """The normalised base URL that identifies an API endpoint in the cache key.
-
-    Lower-case scheme and host, no user name or password, no default port (80 for http,
-    443 for https), no query or fragment, no trailing slash:
-    `"HTTPS://user:pw@API.openai.com:443/v1/"` -> `"https://api.openai.com/v1"`.
-    """
-    parts = urlsplit(base_url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if port is not None and (scheme, port) not in (("http", 80), ("https", 443)):
-        host = f"{host}:{port}"
-    return urlunsplit((scheme, host, parts.path.rstrip("/"), "", ""))
-
-
-def _pinned_identity(model: str) -> str | None:
-    """`"local:<sha256>"` of the offline asset named `model`, if it is one."""
-    from cowest.assets import ASSETS
-
-    asset = ASSETS.get(model)
-    return f"local:{asset.sha256}" if asset is not None else None
-
-
-# ---------------------------------------------------------------------------------------
-# Completion
-# ---------------------------------------------------------------------------------------
-
-
-@dataclass
-class Completion:
-    """One answer of the strong model.
-
-    A completion is usable when [`ok`](Completion.ok): no `error` and some non-blank
-    text. The client never returns an unusable one as if it were an answer, and never
-    caches one.
-
-    Args:
-        text: the generated text (`""` when `error` is set).
-        prompt_tokens / completion_tokens: token counts reported by the server (estimated
-            as `len(text)/4` when the server reports no usage; the ledger then charges the
-            request at its worst case).
-        logprobs: `[(token, logprob), ...]` of the generated tokens when they were asked
-            for and the server returned them, else `None`.
-        top_logprobs: per generated token, `{token: logprob}` of the most likely
-            alternatives (when `top_logprobs > 0` was asked), else `None`.
-        cached: answered from the cache (no request was sent).
-        error: why the reply is unusable (malformed, truncated, `null` or blank text,
-            after every retry), else `None`.
-        latency_s: seconds of the successful HTTP attempt (0 for a cache hit; as it was
-            measured when first asked, in `original_latency_s`).
-        finish_reason: as reported (`"stop"`, `"length"`, ...).
-    """
-
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    logprobs: list[tuple[str, float | None]] | None = None
-    cached: bool = False
-    error: str | None = None
-    latency_s: float = 0.0
-    top_logprobs: list[dict[str, float]] | None = None
-    finish_reason: str | None = None
-    original_latency_s: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        """A usable answer: no error, and text that is not empty or only whitespace."""
-        return self.error is None and bool(self.text.strip())
-
-    def to_cache(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["original_latency_s"] = d.pop("latency_s")
-        for k in ("cached", "error"):
-            d.pop(k)
-        return d
-
-    @classmethod
-    def from_cache(cls, d: Mapping[str, Any]) -> "Completion":
-        lp = d.get("logprobs")
-        return cls(
-            text=d.get("text", ""),
-            prompt_tokens=int(d.get("prompt_tokens") or 0),
-            completion_tokens=int(d.get("completion_tokens") or 0),
-            logprobs=[(t, p) for t, p in lp] if lp is not None else None,
-            top_logprobs=d.get("top_logprobs"),
-            finish_reason=d.get("finish_reason"),
-            original_latency_s=d.get("original_latency_s"),
-            cached=True,
-            latency_s=0.0,
-        )
-
-
 def _derive_seed(sample_index: int) -> int:
     """A fixed 31-bit seed per sample index (sampling is reproducible where servers allow)."""
     digest = hashlib.sha256(f"cowest-sample-{sample_index}".encode()).digest()
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-def _retry_after_s(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds asked by `Retry-After` (seconds or HTTP date) or `retry-after-ms`."""
-    if not headers:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(0.0, float(ra))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(ra)
-            return max(0.0, when.timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -285,8 +107,10 @@ class StrongClient:
     Args:
         name: a label for logs, progress bars and errors (e.g. `"strong"`).
         model: the model name sent to the API (and part of the cache key).
-        base_url: the API root, e.g. `"https://api.openai.com/v1"` or
-            `LocalServer.base_url`. Not part of the cache key as such: see `endpoint_id`.
+        endpoint: where the model answers: the API root as a string (e.g.
+            `"https://api.openai.com/v1"`), or local [`Servers`] (a `LocalServer` or a
+            `ServerPool`), started on the first request the cache cannot answer. Not
+            part of the cache key as such: see `endpoint_id`.
         api_key_env: the environment variable that holds the API key; `None` for a local
             server (a placeholder key is sent). The variable is read on the first request
             that is not answered from the cache, so replay needs no key.
@@ -297,7 +121,7 @@ class StrongClient:
         timeout_s: per-attempt HTTP timeout.
         max_retries: retries after the first attempt (so `max_retries + 1` attempts).
         concurrency: threads used by [`complete_many`] (a llama.cpp server answers one
-            request at a time; use 1 for it).
+            request at a time: for local servers, as many as there are servers).
         price_in / price_out: USD per 1M input / output tokens (for the ledger and budget).
         free: the endpoint costs nothing (a server you run yourself). With `free=False`
             and both prices 0 the constructor raises [`UnpricedModelError`]: an unpriced
@@ -309,8 +133,8 @@ class StrongClient:
             cache key); `{}` sends nothing. Server-specific fields (llama.cpp's plain
             sampling) are added by [`from_spec`], not here.
         endpoint_id: the identity of the endpoint in the cache key (see the module doc);
-            default: [`endpoint_identity`] of `base_url`. A local server's is its
-            [`LocalServer.identity`](cowest.server.LocalServer.identity).
+            default: `endpoint_identity` of a URL, the `identity` of local servers
+            ([`LocalServer.identity`](cowest.server.LocalServer.identity): not a port).
         retry_base_s / retry_max_s: backoff `min(retry_max_s, retry_base_s * 2**k)`, times
             a jitter factor in [0.5, 1]; a `Retry-After` header is honoured (at least that
             long, at most `retry_after_max_s`). Not profile settings: module constants.
@@ -321,7 +145,7 @@ class StrongClient:
         name: str,
         model: str,
         *,
-        base_url: str,
+        endpoint: str | Servers,
         cache: RequestCache,
         ledger: Ledger,
         api_key_env: str | None,
@@ -344,40 +168,46 @@ class StrongClient:
     ) -> None:
         if mode not in ("chat", "completion"):
             raise ValueError(f"mode must be 'chat' or 'completion', got {mode!r}")
-        self.name, self.model, self.base_url, self.mode = name, model, base_url, mode
+        self.name, self.model, self.mode = name, model, mode
+        self.endpoint = Endpoint(endpoint)
         self.api_key_env = api_key_env
         self.max_tokens, self.temperature, self.top_p = max_tokens, temperature, top_p
         self.timeout_s, self.max_retries = timeout_s, max_retries
         self.concurrency = max(1, int(concurrency))
-        self._url = endpoint_identity(base_url)  # for messages: no credentials
         self.price_in, self.price_out, self.free = price_in, price_out, bool(free)
         if not self.free and not price_in and not price_out:
             raise UnpricedModelError(
-                f"strong_models.{name}: model {model!r} at {self._url} has "
+                f"strong_models.{name}: model {model!r} at {self.endpoint.describe()} has "
                 "no prices (price_in_per_mtok and price_out_per_mtok are both 0), so no "
                 "budget cap could limit what it spends. Set price_in_per_mtok and "
                 "price_out_per_mtok (USD per 1M tokens) in that profile entry, or free: true "
                 "if it is a server you run yourself.")
-        self.endpoint_id = endpoint_id or self._url
+        self.endpoint_id = endpoint_id or self.endpoint.identity
         # in the key unless the model name already pins it (keys of earlier versions)
-        self._key_server = (None if self.endpoint_id == _pinned_identity(model)
+        self._key_server = (None if self.endpoint_id == pinned_identity(model)
                             else self.endpoint_id)
         self.cache, self.ledger = cache, ledger
         self.system_prompt = system_prompt
         self.retry_base_s, self.retry_max_s = retry_base_s, retry_max_s
         self.retry_after_max_s = retry_after_max_s
         self.extra_body: dict[str, Any] = dict(extra_body)
-        self._sdk: Any = None
+        self._sdks: dict[str, Any] = {}  # base URL -> openai.OpenAI
         self._sdk_lock = threading.Lock()
         self._hide_key: Callable[[str], str] = lambda text: text
 
     def __repr__(self) -> str:
-        return (f"StrongClient(name={self.name!r}, model={self.model!r}, base_url="
-                f"{self._url!r}, mode={self.mode!r}, api_key_env={self.api_key_env!r})")
+        return (f"StrongClient(name={self.name!r}, model={self.model!r}, endpoint="
+                f"{self.endpoint.describe()!r}, mode={self.mode!r}, "
+                f"api_key_env={self.api_key_env!r})")
+
+    @property
+    def base_url(self) -> str | None:
+        """The API root, or the first local server's once started (else None)."""
+        return self.endpoint.base_url
 
     @classmethod
-    def from_spec(cls, spec: StrongSpec, *, base_url: str, cache: RequestCache,
-                  ledger: Ledger, server: Any = None) -> "StrongClient":
+    def from_spec(cls, spec: StrongSpec, *, endpoint: str | Servers, cache: RequestCache,
+                  ledger: Ledger) -> "StrongClient":
         """The client a profile's strong-model entry describes.
 
         Every client setting of `spec` is used: name, model, mode, max_tokens,
@@ -386,18 +216,14 @@ class StrongClient:
         (backend `"api"` only: a local server needs no key and is free). An API entry
         with both prices 0 and `free: false` raises [`UnpricedModelError`].
 
-        The endpoint identity in the cache key: for `"api"`, the normalised `base_url`;
-        for `"local"`, `server.identity` when the started
-        [`LocalServer`](cowest.server.LocalServer) is given, else that of the offline
-        asset `spec.model` (the file `LocalServer.from_spec` serves; `"local:<model>"`
-        for a name that is no asset, such as a test's fake server).
-
-        `base_url` is where the model answers: `spec.base_url` for backend `"api"`,
-        [`LocalServer.base_url`](cowest.server.LocalServer.base_url) for `"local"`.
-        For backend `"local"` the request body is the server's
-        [`request_defaults`](cowest.server.LocalServer.request_defaults) (llama.cpp plain
-        sampling) updated with `spec.extra_body`, so a profile can override any of them;
-        for `"api"` it is `spec.extra_body` alone.
+        `endpoint`: `spec.base_url` for backend `"api"`; for `"local"`, the
+        [`ServerPool`](cowest.server.ServerPool) built from `spec` (started at the first
+        cache miss), or the URL of a running server, whose identity in the cache key is
+        then that of the offline asset `spec.model` (`"local:<model>"` for a name that is
+        no asset, such as a test's fake server). For backend `"local"` the request body is
+        the server's [`request_defaults`](cowest.server.LocalServer.request_defaults)
+        (llama.cpp plain sampling) updated with `spec.extra_body`, so a profile can
+        override any of them; for `"api"` it is `spec.extra_body` alone.
         """
         endpoint_id: str | None = None
         if spec.backend == "local":
@@ -405,12 +231,15 @@ class StrongClient:
 
             extra_body = {**LocalServer.request_defaults, **spec.extra_body}
             api_key_env, free = None, True
-            endpoint_id = (server.identity if server is not None
-                           else _pinned_identity(spec.model) or f"local:{spec.model}")
+            endpoint_id = (endpoint.identity if not isinstance(endpoint, str)
+                           else pinned_identity(spec.model) or f"local:{spec.model}")
         else:
+            if not isinstance(endpoint, str):
+                raise TypeError(f"strong model {spec.name!r}: backend 'api' takes the API's "
+                                f"base URL as endpoint, not {type(endpoint).__name__}")
             extra_body, api_key_env, free = dict(spec.extra_body), spec.api_key_env, spec.free
         return cls(
-            spec.name, spec.model, base_url=base_url, cache=cache, ledger=ledger,
+            spec.name, spec.model, endpoint=endpoint, cache=cache, ledger=ledger,
             api_key_env=api_key_env, mode=spec.mode, max_tokens=spec.max_tokens,
             temperature=spec.temperature, top_p=spec.top_p, timeout_s=spec.timeout_s,
             max_retries=spec.max_retries, concurrency=spec.concurrency,
@@ -420,10 +249,10 @@ class StrongClient:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _client(self) -> Any:
-        """The `openai.OpenAI` client, made on first use (reads the key then)."""
+    def _sdk(self, url: str) -> Any:
+        """The `openai.OpenAI` client of `url`, made on first use (the key is read then)."""
         with self._sdk_lock:
-            if self._sdk is None:
+            if url not in self._sdks:
                 import openai
 
                 if self.api_key_env:
@@ -432,25 +261,17 @@ class StrongClient:
                     if not key:
                         raise StrongModelError(
                             f"{self.name}: the environment variable {self.api_key_env} that "
-                            f"should hold the API key for {self._url} is not set (or "
-                            f"empty). Export it before running, e.g. export "
+                            f"should hold the API key for {self.endpoint.describe()} is not "
+                            f"set (or empty). Export it before running, e.g. export "
                             f"{self.api_key_env}=..., or use a cache in replay mode."
                         )
                     # scrub the key actually used, even if the environment changes later
-                    # (a closure: the key is in no attribute, repr or vars() of the client)
-                    forms = _secret_forms(raw) + _secret_forms(key)
-
-                    def hide(text: str, _forms: list[str] = forms) -> str:
-                        for form in _forms:
-                            text = text.replace(form, "***")
-                        return text
-
-                    self._hide_key = hide
+                    self._hide_key = key_hider(raw, key)
                 else:
                     key = _PLACEHOLDER_KEY
-                self._sdk = openai.OpenAI(base_url=self.base_url, api_key=key,
-                                          timeout=self.timeout_s, max_retries=0)
-            return self._sdk
+                self._sdks[url] = openai.OpenAI(base_url=url, api_key=key,
+                                                timeout=self.timeout_s, max_retries=0)
+            return self._sdks[url]
 
     def _scrub(self, text: str) -> str:
         """`text` with the API key (the one used, and the environment's) replaced by `***`."""
@@ -458,10 +279,6 @@ class StrongClient:
         if self.api_key_env:
             text = scrub_secret(text, os.environ.get(self.api_key_env))
         return text
-
-    def _excerpt(self, text: str, n: int) -> str:
-        """The first `n` characters of `text`, scrubbed first (so no key is cut in half)."""
-        return self._scrub(text)[:n]
 
     def build_request(
         self,
@@ -510,36 +327,6 @@ class StrongClient:
                              else prompt)
         return req
 
-    def _prompt_text(self, req: Mapping[str, Any]) -> str:
-        if "prompt" in req:
-            return req["prompt"]
-        return "\n".join(str(m.get("content") or "") for m in req["messages"])
-
-    def _sdk_kwargs(self, req: Mapping[str, Any]) -> dict[str, Any]:
-        kw: dict[str, Any] = {
-            "model": req["model"],
-            "temperature": req["temperature"],
-            "top_p": req["top_p"],
-            "max_tokens": req["max_tokens"],
-        }
-        if req.get("stop"):
-            kw["stop"] = req["stop"]
-        if req.get("seed") is not None:
-            kw["seed"] = req["seed"]
-        if req.get("extra_body"):
-            kw["extra_body"] = req["extra_body"]
-        if req["endpoint"] == "chat":
-            kw["messages"] = req["messages"]
-            if req.get("logprobs"):
-                kw["logprobs"] = True
-                kw["top_logprobs"] = req.get("top_logprobs", 0)
-        else:
-            kw["prompt"] = req["prompt"]
-            if req.get("logprobs"):
-                # legacy API: an int, the number of alternatives per token (0: chosen only)
-                kw["logprobs"] = req.get("top_logprobs", 0)
-        return kw
-
     # -- one call ------------------------------------------------------------------------
 
     def _from_cache(self, req: Mapping[str, Any], stage: str) -> Completion | None:
@@ -578,14 +365,12 @@ class StrongClient:
         """
         worst = self.worst_case_cost(req)
         n_attempts = self.max_retries + 1
-        kwargs = self._sdk_kwargs(req)
-        api: Any = None
         for attempt in range(1, n_attempts + 1):
             with self.ledger.reserve(self.model, worst):
-                if api is None:  # after the first budget check: a refused call needs no key
-                    sdk = self._client()
-                    api = sdk.chat.completions if req["endpoint"] == "chat" else sdk.completions
-                out = self._attempt(api, kwargs, req)
+                # after the budget check: a refused call needs no key and starts no server
+                with self.endpoint.lease() as url:
+                    out = send_once(self._sdk(url), req, timeout_s=self.timeout_s,
+                                    scrub=self._scrub)
                 final = out.error is None or not out.retry or attempt == n_attempts
                 comp = out.comp
                 self.ledger.record(
@@ -601,7 +386,7 @@ class StrongClient:
                 return comp
             if final:
                 break
-            time.sleep(self._backoff_s(attempt, out.retry_after))
+            time.sleep(self._backoff_s(attempt, out.retry_after))  # holding no server
         error = out.error or "unknown error"
         if comp is not None and out.retry:  # replies came, none usable: not an exception
             comp.error = (f"{error} (after {attempt} attempt(s), max_retries="
@@ -610,111 +395,18 @@ class StrongClient:
             return comp
         raise StrongModelError(self._fail_message(attempt, error, retryable=out.retry))
 
-    def _attempt(self, api: Any, kwargs: Mapping[str, Any], req: Mapping[str, Any]) -> "_Attempt":
-        """Send one HTTP request; classify what happened (never raises an SDK error)."""
-        import openai
-
-        t0 = time.monotonic()
-
-        def failed(error: str, *, retry: bool, charge: str,
-                   retry_after: float | None = None) -> _Attempt:
-            return _Attempt(None, self._scrub(error), retry, charge,  # type: ignore[arg-type]
-                            time.monotonic() - t0, retry_after)
-
-        try:
-            raw = api.with_raw_response.create(**kwargs)
-            body = raw.http_response.content
-        except openai.APIStatusError as e:
-            status = e.status_code
-            error = f"HTTP {status}: {self._excerpt(str(e.message), 300)}"
-            permanent = any(p in str(e.message) for p in _PERMANENT_ERRORS)
-            if permanent:
-                error += (" (a llama.cpp server gives log-probabilities only when started "
-                          "with logits_all=True)")
-            retry = (status == 429 or status >= 500) and not permanent
-            headers = e.response.headers if e.response is not None else None
-            # a 4xx is a refusal before any generation: not billed by providers
-            return failed(error, retry=retry, charge="none" if status < 500 else "worst",
-                          retry_after=_retry_after_s(headers) if retry else None)
-        except openai.APITimeoutError as e:
-            sent = not _never_sent(e.__cause__)
-            return failed(f"no answer within the timeout of {self.timeout_s:g} s"
-                          + ("" if sent else " (could not connect)"),
-                          retry=True, charge="worst" if sent else "none")
-        except openai.APIConnectionError as e:
-            cause = e.__cause__ or e
-            sent = not _never_sent(cause)
-            return failed(f"connection failed ({type(cause).__name__}: "
-                          f"{self._excerpt(str(cause), 300)})", retry=not _unsendable(cause),
-                          charge="worst" if sent else "none")
-        except openai.OpenAIError as e:  # anything else the SDK raises: not retried
-            return failed(f"{type(e).__name__}: {self._excerpt(str(e), 300)}", retry=False,
-                          charge="worst")
-        latency = time.monotonic() - t0
-        comp, usage = self._parse(body, req, latency)
-        return _Attempt(comp, comp.error, comp.error is not None,
-                        "usage" if usage else "worst", latency)
-
     def _fail_message(self, attempts: int, last_error: str, *, retryable: bool) -> str:
         what = (f"gave up after {attempts} attempt(s) (max_retries={self.max_retries})"
                 if retryable else "the request was refused (not retried)")
-        checks = [f"is the server running and reachable at {self._url}?"]
+        checks = [f"is the server running and reachable at {self.endpoint.describe()}?"]
         if self.api_key_env:
             checks.append(f"is the environment variable {self.api_key_env} set to a valid key?")
         checks.append(f"does the endpoint serve the model {self.model!r} in {self.mode} mode?")
         return self._scrub(
-            f"strong model {self.name!r} (model {self.model!r} at {self._url}, "
+            f"strong model {self.name!r} (model {self.model!r} at {self.endpoint.describe()}, "
             f"{self.mode} endpoint): {what}; last error: {last_error}. Check: "
             + " ".join(checks)
         )
-
-    def _parse(self, body: bytes, req: Mapping[str, Any],
-               latency: float) -> tuple[Completion, bool]:
-        """A reply body as a Completion (unusable replies set `error`), and whether the
-        server reported its usage."""
-        def bad(why: str, pt: Any = None, ct: Any = None) -> tuple[Completion, bool]:
-            usage = pt is not None and ct is not None
-            return Completion(text="", prompt_tokens=_int(pt), completion_tokens=_int(ct),
-                              error=self._scrub(why), latency_s=latency), usage
-
-        try:
-            data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            text = body.decode("utf-8", "replace")
-            return bad(f"malformed reply (not JSON; truncated?): {self._excerpt(text, 120)!r}")
-        if not isinstance(data, dict):
-            return bad(f"malformed reply (JSON {type(data).__name__}, not an object)")
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-        pt = usage.get("prompt_tokens")
-        ct = usage.get("completion_tokens")
-        pt = pt if isinstance(pt, int) and not isinstance(pt, bool) and pt >= 0 else None
-        ct = ct if isinstance(ct, int) and not isinstance(ct, bool) and ct >= 0 else None
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            why = "no choices"
-            if isinstance(data.get("error"), (dict, str)):
-                why += f"; error: {self._excerpt(json.dumps(data['error']), 200)}"
-            return bad(f"malformed reply: {why}", pt, ct)
-        choice = choices[0]
-        if req["endpoint"] == "chat":
-            msg = choice.get("message") if isinstance(choice.get("message"), dict) else {}
-            text = msg.get("content")
-        else:
-            text = choice.get("text")
-        if not isinstance(text, str):
-            return bad(f"malformed reply: content is {text!r}", pt, ct)
-        if not text.strip():
-            return bad(f"empty reply (blank text {text!r})", pt, ct)
-        usage_reported = pt is not None and ct is not None
-        if pt is None:
-            pt = estimate_tokens(self._prompt_text(req))
-        if ct is None:
-            ct = estimate_tokens(text)
-        lp, top = _parse_logprobs(choice.get("logprobs")) if req.get("logprobs") else (None, None)
-        return Completion(text=text, prompt_tokens=int(pt), completion_tokens=int(ct),
-                          logprobs=lp, top_logprobs=top if req.get("top_logprobs") else None,
-                          finish_reason=choice.get("finish_reason"), latency_s=latency,
-                          original_latency_s=latency), usage_reported
 
     # -- public --------------------------------------------------------------------------
 
@@ -776,9 +468,10 @@ class StrongClient:
         the cache or the API, one ledger row) and every other position gets a copy of that
         answer. Cache hits are answered first, without a thread. `sample_indices` (one per
         prompt) overrides `sample_index`; other keyword arguments are those of
-        [`complete`]. An exception of one call (`StrongModelError`, `BudgetExceeded`)
-        cancels the calls not yet started and is raised; answers already received are in
-        the cache.
+        [`complete`]. An exception of one call (`StrongModelError`, `BudgetExceeded`,
+        `LocalServerError` when local servers cannot start) cancels the calls not yet
+        started and is raised; answers already received are in the cache. A batch
+        answered entirely from the cache sends nothing and starts no server.
         """
         from tqdm import tqdm
 
@@ -822,74 +515,5 @@ class StrongClient:
         for i, j in enumerate(owner):
             comp = results[j]
             assert comp is not None
-            out.append(comp if i == j else _copy(comp))
+            out.append(comp if i == j else copy_completion(comp))
         return out
-
-
-@dataclass
-class _Attempt:
-    """What one HTTP request gave: a reply (maybe unusable) or an error, and its cost rule."""
-
-    comp: Completion | None
-    error: str | None
-    retry: bool  # worth sending again
-    charge: Literal["usage", "worst", "none"]  # reported usage / worst case / not billed
-    latency_s: float
-    retry_after: float | None = None
-
-
-def _is_a(exc: BaseException | None, *names: str) -> bool:
-    """Whether `exc` is an instance of a class named one of `names` (by name: the SDK may
-    use `httpx` or its successor `httpx2`, whose classes have the same names)."""
-    return exc is not None and any(c.__name__ in names for c in type(exc).__mro__)
-
-
-def _never_sent(exc: BaseException | None) -> bool:
-    """An HTTP-client error raised before the request left this machine (nothing to pay)."""
-    return _is_a(exc, "ConnectError", "ConnectTimeout", "PoolTimeout", "LocalProtocolError",
-                 "UnsupportedProtocol")
-
-
-def _unsendable(exc: BaseException | None) -> bool:
-    """A request this machine can never send as it is (an illegal header, e.g. a key with a
-    line break inside; an unsupported URL scheme): retrying cannot help."""
-    return _is_a(exc, "LocalProtocolError", "UnsupportedProtocol")
-
-
-def _int(v: Any) -> int:
-    return int(v) if isinstance(v, int) else 0
-
-
-def _copy(comp: Completion) -> Completion:
-    """An independent copy of a completion (lists copied: callers may edit theirs)."""
-    return dataclasses.replace(
-        comp,
-        logprobs=list(comp.logprobs) if comp.logprobs is not None else None,
-        top_logprobs=[dict(d) for d in comp.top_logprobs] if comp.top_logprobs is not None
-        else None)
-
-
-def _parse_logprobs(lp: Any) -> tuple[list[tuple[str, float | None]] | None,
-                                      list[dict[str, float]] | None]:
-    """Token log-probabilities from either reply shape.
-
-    Chat: `logprobs.content = [{token, logprob, top_logprobs: [{token, logprob}]}]`.
-    Completion (legacy): `logprobs = {tokens, token_logprobs, top_logprobs: [{tok: lp}]}`.
-    """
-    if not isinstance(lp, dict):
-        return None, None
-    if isinstance(lp.get("content"), list):
-        toks, tops = [], []
-        for item in lp["content"]:
-            if not isinstance(item, dict):
-                continue
-            toks.append((str(item.get("token", "")), item.get("logprob")))
-            tops.append({str(t.get("token", "")): t.get("logprob")
-                         for t in item.get("top_logprobs") or [] if isinstance(t, dict)})
-        return toks, tops
-    if isinstance(lp.get("tokens"), list):
-        vals = lp.get("token_logprobs") or [None] * len(lp["tokens"])
-        toks = [(str(t), v) for t, v in zip(lp["tokens"], vals)]
-        tops = [dict(d) if isinstance(d, dict) else {} for d in (lp.get("top_logprobs") or [])]
-        return toks, tops or None
-    return None, None

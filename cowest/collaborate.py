@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cowest import prompts
-from cowest.client import Completion, StrongClient
+from cowest.client import StrongClient
+from cowest.replies import Completion
 from cowest.tasks.base import Example, Task
 
 

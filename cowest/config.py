@@ -159,8 +159,9 @@ class StrongSpec(_Spec):
     system_prompt: str | None = None  # chat mode: a system message before every prompt
     extra_body: dict[str, Any] = {}  # extra fields of every request body
     n_threads: Count = 2  # local backend: llama.cpp threads
+    servers: Annotated[int, Strict(), Ge(1), Le(16)] = 1  # local backend: llama.cpp servers, n_threads each
     n_ctx: Count = 2048  # local backend: context size
-    concurrency: Count = 1  # parallel requests (1 for a local llama.cpp server)
+    concurrency: Count = 1  # parallel requests (local backend: at most one in flight per server)
     timeout_s: PosNum = 120.0  # per request
     max_retries: NonNegInt = 4  # retries of a failed request
     price_in_per_mtok: NonNegNum = 0.0  # USD per 1M prompt tokens

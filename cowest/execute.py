@@ -76,7 +76,7 @@ class _Activity:
         self.mark()
 
     def _sent(self) -> int:
-        from cowest.cache import Ledger
+        from cowest.ledger import Ledger
 
         if not self.db.exists():
             return 0
@@ -158,7 +158,7 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
 
 
 def _finish(manifest: dict[str, Any], path: Path, out_dir: Path) -> None:
-    from cowest.cache import Ledger
+    from cowest.ledger import Ledger
 
     db = out_dir / "cache.sqlite"
     if db.exists():

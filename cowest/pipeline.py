@@ -87,7 +87,8 @@ class Pipeline:
     """
 
     def __init__(self, profile: Profile, *, results: Path, force: bool | str = False):
-        from cowest.cache import Ledger, RequestCache
+        from cowest.cache import RequestCache
+        from cowest.ledger import Ledger
 
         self.cfg = profile
         self.root = Path(results) / profile.name
@@ -177,22 +178,24 @@ class Pipeline:
         return [render_prompt(tok, prompts.render(f"weak_{fmt}", question=task.render_question(e))) for e in examples]
 
     def strong(self, name: str | None = None, *, logprobs: bool = False) -> Any:
-        """The client for a strong model of the profile (starting its local server if needed).
+        """The client for a strong model of the profile.
 
-        FLARE, the one caller that needs token log-probabilities, gets its own local server
-        (`logprobs=True`, llama.cpp's `logits_all`, slower per call); everyone else a fast one.
+        A local model's llama.cpp servers (`servers` of them) start at the client's first cache
+        miss, so a fully cached run starts none. FLARE, the one caller that needs token
+        log-probabilities, gets its own pool (`logprobs=True`, llama.cpp's `logits_all`, slower
+        per call); everyone else a fast one.
         """
         from cowest.client import StrongClient
-        from cowest.server import LocalServer
+        from cowest.server import ServerPool
 
         spec: StrongSpec = self.cfg.strong_model(name) if name else self.cfg.strong
         handle = spec.name + ("+logprobs" if logprobs and spec.backend == "local" else "")
         if handle not in self._clients:
-            base_url = spec.base_url
+            endpoint: Any = spec.base_url
             if spec.backend == "local":
-                base_url = self._servers.enter_context(LocalServer.from_spec(
-                    spec, logits_all=logprobs, log_path=self.root / f"server-{handle}.log")).base_url
-            self._clients[handle] = StrongClient.from_spec(spec, base_url=base_url, cache=self.cache, ledger=self.ledger)
+                endpoint = ServerPool.from_spec(spec, logits_all=logprobs, log_path=self.root / f"server-{handle}.log")
+                self._servers.callback(endpoint.stop)
+            self._clients[handle] = StrongClient.from_spec(spec, endpoint=endpoint, cache=self.cache, ledger=self.ledger)
         return self._clients[handle]
 
     def collaborator(self, task_name: str, strong: str | None = None, *, logprobs: bool = False) -> Any:
@@ -209,11 +212,11 @@ class Pipeline:
         """A strong model as a stage input: the settings that shape its replies, and its weights.
 
         Left out: the label, and what changes how or at what price a reply is fetched, not
-        what it says (concurrency, timeout, retries, prices, the key's variable name).
+        what it says (servers, concurrency, timeout, retries, prices, the key's variable name).
         """
         spec = self.cfg.strong_model(name)
-        not_output = {"name", "concurrency", "timeout_s", "max_retries", "price_in_per_mtok", "price_out_per_mtok",
-                      "free", "api_key_env"}
+        not_output = {"name", "concurrency", "servers", "timeout_s", "max_retries", "price_in_per_mtok",
+                      "price_out_per_mtok", "free", "api_key_env"}
         return {**_dump(spec, exclude=not_output & set(type(spec).model_fields)),
                 "weights": self.model_identity(spec.model) if spec.backend == "local" else None}
 

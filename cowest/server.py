@@ -1,4 +1,4 @@
-"""The local strong model: one job, running a llama.cpp server process safely.
+"""The local strong model: one job, running llama.cpp server processes safely.
 
 [`LocalServer`] starts `python -m llama_cpp.server` on an offline GGUF model as a context
 manager and guarantees that the process is gone afterwards (end of the block, exception,
@@ -12,15 +12,18 @@ It is ready only when it is *ours*: the process we started is alive, `GET /v1/mo
 lists our alias, and (on Linux) the socket listening on the port belongs to our process.
 Another OpenAI-compatible server already listening on a chosen port is never taken for
 ours: [`start`](LocalServer.start) refuses a port in use, and picks a free one by default.
+
+[`ServerPool`] is `StrongSpec.servers` identical servers behind one client (llama-cpp-python
+answers one request at a time per server). Neither is started by being built: the client
+starts it on the first request that its cache cannot answer, so a run whose calls are all
+cached starts no server at all. How each process dies with ours is [`cowest.childproc`]'s
+job.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
 import json
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -30,17 +33,17 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import Future
+from contextlib import ExitStack
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from cowest import assets
+from cowest import assets, childproc
 
 if TYPE_CHECKING:
     from cowest.config import StrongSpec
 
-__all__ = ["LLAMA_CPP_PLAIN_SAMPLING", "LocalServer", "LocalServerError"]
+__all__ = ["LLAMA_CPP_PLAIN_SAMPLING", "LocalServer", "LocalServerError", "ServerPool"]
 
 #: The request fields a llama.cpp server needs for plain sampling: llama-cpp-python applies
 #: `repeat_penalty=1.1` by default, so without this a temperature-0 answer would not be
@@ -53,51 +56,20 @@ class LocalServerError(RuntimeError):
     """The local llama.cpp server did not start or died; the message holds its log tail."""
 
 
-_LIVE: "set[LocalServer]" = set()
-_LIVE_LOCK = threading.Lock()
-_SIGTERM_INSTALLED = False
-
-
-def _stop_all_servers() -> None:
-    with _LIVE_LOCK:
-        servers = list(_LIVE)
-    for s in servers:
-        s.stop()
-
-
-atexit.register(_stop_all_servers)
-
-
-def _install_sigterm_handler() -> None:
-    """On SIGTERM stop every live server, then behave as the previous handler would.
-
-    CPython lets only the main thread install a signal handler: from another thread this
-    does nothing, and a server started there dies with the process through the kernel's
-    parent-death signal instead (see [`_spawn`]).
-    """
-    global _SIGTERM_INSTALLED
-    if _SIGTERM_INSTALLED or threading.current_thread() is not threading.main_thread():
-        return
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def handler(signum: int, frame: Any) -> None:
-        _stop_all_servers()
-        if callable(previous):
-            previous(signum, frame)
-        elif previous == signal.SIG_IGN:
-            return
-        else:  # default action: die by the same signal
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, handler)
-    _SIGTERM_INSTALLED = True
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (all held at once while they are chosen)."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                 for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def _port_in_use(port: int) -> bool:
@@ -112,132 +84,17 @@ def _port_in_use(port: int) -> bool:
     return False
 
 
-def _load_prctl() -> Any:
-    """libc's `prctl`, resolved once in the parent (nothing is loaded between fork and exec)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except Exception:
-        return None
-
-
-_PRCTL = _load_prctl()
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent_pid: int) -> None:  # runs in the child between fork and exec
-    """Linux: SIGTERM this child when the thread that forked it ends (see [`_spawn`])."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent_pid:  # the parent died before prctl: no signal will come
-            os._exit(1)
-
-
-class _Spawner:
-    """One daemon thread that runs the functions given to it, for the life of the process.
-
-    A daemon thread: it is not joined when the main thread ends (non-daemon threads may
-    still use the servers), and it ends only when the process does.
-    """
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self._queue: queue.SimpleQueue[tuple[Any, Future[Any]]] = queue.SimpleQueue()
-        threading.Thread(target=self._run, name="cowest-server-spawner", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            fn, fut = self._queue.get()
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except BaseException as e:  # handed to the caller
-                    fut.set_exception(e)
-
-    def submit(self, fn: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        self._queue.put((fn, fut))
-        return fut
-
-
-_SPAWNER: _Spawner | None = None
-_SPAWNER_LOCK = threading.Lock()
-
-
-def _spawn(cmd: list[str], **popen_kwargs: Any) -> "subprocess.Popen[bytes]":
-    """`Popen(cmd)` from a thread that lives as long as this process.
-
-    Linux's parent-death signal (`PR_SET_PDEATHSIG`) is sent when the *thread* that forked
-    the child ends, not the process. A server forked by the main thread, or by one
-    long-lived spawner thread when `start` is called from any other thread (a worker of a
-    pool, which may end at any time), is thus stopped exactly when this process ends, by
-    any cause: exit, SIGTERM without a Python handler, SIGKILL.
-    """
-    popen = functools.partial(subprocess.Popen, cmd,
-                              preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-                              **popen_kwargs)
-    if threading.current_thread() is threading.main_thread():
-        return popen()
-    global _SPAWNER
-    with _SPAWNER_LOCK:
-        if _SPAWNER is None or _SPAWNER.pid != os.getpid():  # (a forked child has no thread)
-            _SPAWNER = _Spawner()
-        spawner = _SPAWNER
-    return spawner.submit(popen).result()
-
-
-def _listening_inodes(port: int) -> set[str] | None:
-    """Inodes of the TCP sockets listening on `port` (Linux `/proc/net`; None elsewhere)."""
-    found: set[str] = set()
-    seen_any = False
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                rows = f.read().splitlines()[1:]
-        except OSError:
-            continue
-        seen_any = True
-        for row in rows:
-            cols = row.split()
-            if len(cols) > 9 and cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
-                found.add(cols[9])
-    return found if seen_any else None
-
-
-def _socket_inodes(pid: int) -> set[str]:
-    """Inodes of the sockets open in process `pid` and its children (Linux `/proc`)."""
-    pids, inodes = [pid], set()
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as f:
-                pids += [int(c) for c in f.read().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            fds = os.listdir(f"/proc/{p}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                link = os.readlink(f"/proc/{p}/fd/{fd}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                inodes.add(link[8:-1])
-    return inodes
-
-
 class LocalServer:
     """A llama-cpp-python OpenAI-compatible server on a GGUF file, as a context manager.
 
     ```python
     with LocalServer.from_spec(spec, logits_all=False, log_path=run_dir / "server.log") as srv:
-        client = StrongClient.from_spec(spec, base_url=srv.base_url, cache=..., ledger=...)
+        client = StrongClient.from_spec(spec, endpoint=srv, cache=..., ledger=...)
     ```
+
+    Entering the block starts it; a client given a server that is not started starts it
+    on its first request that the cache cannot answer (someone must still `stop()` it:
+    the block's end, or `ExitStack.callback(srv.stop)`).
 
     The constructor has no defaults for what a [`StrongSpec`](cowest.config.StrongSpec)
     sets (`n_threads`, `n_ctx`): those defaults live in the spec only. `logits_all` has no
@@ -342,6 +199,11 @@ class LocalServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     @property
+    def base_urls(self) -> list[str]:
+        """`[base_url]` (as [`ServerPool.base_urls`]: a client takes either)."""
+        return [self.base_url]
+
+    @property
     def identity(self) -> str:
         """`"local:<sha256 of the GGUF>"`: what answers, for the cache key (not the port)."""
         if self._sha256 is None:
@@ -392,13 +254,12 @@ class LocalServer:
             os.close(fd)
             self.log_path = Path(name)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        _install_sigterm_handler()
+        childproc.install_sigterm_handler()
         t0 = time.monotonic()
         with self.log_path.open("ab") as log:
-            self.proc = _spawn(self.command(), stdin=subprocess.DEVNULL, stdout=log,
+            self.proc = childproc.spawn(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                stderr=subprocess.STDOUT, start_new_session=True)
-        with _LIVE_LOCK:
-            _LIVE.add(self)
+        childproc.track(self)
         try:
             self._wait_ready(t0)
         except BaseException:
@@ -426,10 +287,10 @@ class LocalServer:
         True where it cannot be checked)."""
         if self.proc is None or self.port is None:
             return False
-        listening = _listening_inodes(self.port)
+        listening = childproc.listening_inodes(self.port)
         if listening is None:  # no /proc: the alias and the live process must do
             return True
-        return bool(listening & _socket_inodes(self.proc.pid))
+        return bool(listening & childproc.socket_inodes(self.proc.pid))
 
     def _wait_ready(self, t0: float) -> None:
         """Wait until our process serves our alias on our port; raise if it dies or a
@@ -474,10 +335,138 @@ class LocalServer:
                     break
                 except subprocess.TimeoutExpired:
                     continue
-        with _LIVE_LOCK:
-            _LIVE.discard(self)
+        childproc.untrack(self)
 
     def __enter__(self) -> "LocalServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class ServerPool:
+    """Identical llama.cpp servers behind one client, started together on first use.
+
+    llama-cpp-python's server answers one request at a time, so `N` servers of `t` threads
+    each answer `N` requests at once. Measured on 2 cores with Qwen2.5-Coder-0.5B: two
+    1-thread servers with two client threads did 16 strong calls in 22.8 s, one 2-thread
+    server 28.7 s (1.26x; `benchmarks/strong_layout.py`). A
+    [`StrongClient`](cowest.client.StrongClient) given a pool starts it on its first
+    request that the cache cannot answer and then sends each request to a server that
+    no other request of that client is using (its `concurrency` threads share them).
+
+    Every server runs the same file with the same settings, so whichever answers gives the
+    same answer: temperature 0 is greedy decoding, and a sampled request carries its own
+    seed, which llama-cpp-python sets per request. (Each server reuses the prompt prefix of
+    its own previous request, so the batches it evaluates differ from one server's; the
+    answers were identical in every comparison made: 20 of 20 Qwen-0.5B refinements, 1 x 2
+    threads against 2 x 1 thread, and the SmolLM2 test.) The pool's [`identity`] (the
+    cache key's) is that of its file, not of any port.
+
+    Args:
+        servers: the servers, not started, all on one GGUF file with one alias and the
+            same settings (ports may be set; unset ones get distinct free ports).
+    """
+
+    def __init__(self, servers: Sequence[LocalServer]) -> None:
+        self.servers = list(servers)
+        if not self.servers:
+            raise ValueError("a ServerPool needs at least one server")
+
+        def settings(s: LocalServer) -> tuple[Any, ...]:
+            return (s.gguf, s.alias, s.n_threads, s.n_ctx, s.n_batch, s.chat_format,
+                    s.logits_all, s.extra_args, s._sha256)
+
+        for s in self.servers[1:]:
+            if settings(s) != settings(self.servers[0]):
+                raise ValueError(f"the servers of a pool must be identical: {s!r} differs "
+                                 f"from {self.servers[0]!r}")
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_spec(cls, spec: StrongSpec, *, logits_all: bool, log_path: Path) -> "ServerPool":
+        """`spec.servers` servers as [`LocalServer.from_spec`] builds them (not started).
+
+        One server logs to `log_path`; several to `<stem>-1<suffix>`, `<stem>-2<suffix>`...
+        """
+        log_path = Path(log_path)
+        paths = ([log_path] if spec.servers == 1 else
+                 [log_path.with_name(f"{log_path.stem}-{i}{log_path.suffix}")
+                  for i in range(1, spec.servers + 1)])
+        return cls([LocalServer.from_spec(spec, logits_all=logits_all, log_path=p)
+                    for p in paths])
+
+    def __repr__(self) -> str:
+        return (f"ServerPool({len(self.servers)} x {self.servers[0].gguf.name!r}, "
+                f"{self.started} running)")
+
+    @property
+    def alias(self) -> str:
+        return self.servers[0].alias
+
+    @property
+    def identity(self) -> str:
+        """`"local:<sha256 of the GGUF>"`, as [`LocalServer.identity`]: not a port."""
+        return self.servers[0].identity
+
+    @property
+    def size(self) -> int:
+        return len(self.servers)
+
+    @property
+    def started(self) -> int:
+        """How many of its servers are running."""
+        return sum(s.running for s in self.servers)
+
+    @property
+    def running(self) -> bool:
+        return all(s.running for s in self.servers)
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Where the servers answer (their ports are known once [`start`] chose them)."""
+        return [s.base_url for s in self.servers]
+
+    def start(self) -> "ServerPool":
+        """Start every server that is not running, at once (threads), and wait for all.
+
+        Safe to call from several threads: one starts, the others wait. If one fails,
+        every server is stopped and its [`LocalServerError`] is raised.
+        """
+        with self._lock:
+            todo = [s for s in self.servers if not s.running]
+            if not todo:
+                return self
+            childproc.install_sigterm_handler()  # (from the main thread only)
+            unset = [s for s in todo if s.port is None]
+            for s, port in zip(unset, _free_ports(len(unset))):
+                s.port = port
+            errors: list[BaseException] = []
+
+            def start(s: LocalServer) -> None:
+                try:
+                    s.start()
+                except BaseException as e:  # handed to the caller below
+                    errors.append(e)
+
+            threads = [threading.Thread(target=start, args=(s,), name="cowest-pool-start")
+                       for s in todo[1:]]
+            for t in threads:
+                t.start()
+            start(todo[0])  # in this thread (a main-thread caller forks it directly)
+            for t in threads:
+                t.join()
+            if errors:
+                self.stop()
+                raise errors[0]
+            return self
+
+    def stop(self) -> None:
+        """Stop every server (see [`LocalServer.stop`])."""
+        for s in self.servers:
+            s.stop()
+
+    def __enter__(self) -> "ServerPool":
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -259,3 +259,19 @@ def test_files_are_fsynced_before_the_rename(tmp_path, monkeypatch):
         (d / "w.bin").write_bytes(b"w")
     assert events.index(("fsync", False)) < events.index(("replace", None)) < len(events) - 1
     assert events[-1] == ("fsync", True)
+
+
+def test_a_rebuild_removes_what_a_killed_build_left(tmp_path):
+    store = Store(tmp_path)
+    folder = store.folder("s", store.key("s", 1))
+    (folder / ".adapter.x1y2z3" / "_trainer").mkdir(parents=True)  # a killed atomic_dir
+    (folder / ".rows.jsonl.abc.tmp").write_text('{"i": ')  # a killed atomic_write_text
+    store.stage("s", 1, _rows_builder([]))
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER, "adapter", "rows.jsonl", "stats.json"]
+
+
+def test_read_jsonl_names_the_line_of_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n{"a": "\xff"}\n')
+    with pytest.raises(ArtifactError, match=r"rows\.jsonl, line 3: not UTF-8 text"):
+        read_jsonl(path)

@@ -1,11 +1,16 @@
 """FLARE's retrieval trigger and loop, with hand-made log-probabilities."""
 
 import math
+import threading
+import time
 from dataclasses import dataclass, field
 
-from cowest.baselines import Flare, Retriever, low_confidence_query
+import pytest
+
+from cowest.baselines import Flare, Retriever, low_confidence_query, run_flare
+from cowest.config import FlareSpec
 from cowest.collaborate import Collaborator
-from cowest.client import Completion
+from cowest.replies import Completion
 from cowest.tasks import get_task
 
 
@@ -95,6 +100,69 @@ def test_flare_lookahead_without_retrieval_answers_the_standalone_prompt():
     assert writer.prompts == [Collaborator(task, writer).alone_prompt(ex)]  # = the strong-alone call (cache hit)
 
 
+class ByPromptClient:
+    """Answers by prompt alone (the same under any thread schedule): unsure until the prompt
+    shows enough passages; records every prompt and the most calls ever in flight at once."""
+
+    mode = "chat"
+
+    def __init__(self, concurrency: int, delay_s: float = 0.02, fail_on: str | None = None):
+        self.concurrency, self.delay_s, self.fail_on = concurrency, delay_s, fail_on
+        self.prompts: list[str] = []
+        self.lock = threading.Lock()
+        self.in_flight = self.peak = 0
+
+    def complete(self, prompt, *, stage, **kw):
+        with self.lock:
+            self.prompts.append(prompt)
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            time.sleep(self.delay_s)
+            if self.fail_on and self.fail_on in prompt:
+                raise RuntimeError("the strong model failed")
+            shown = prompt.count("\n- ")  # passages in view
+            sure = shown >= len(prompt) % 3  # 0, 1 or 2 passages needed, by prompt
+            words = [("Answer", 0.9), (":", 0.9), (f" {len(prompt) % 97}", 0.95 if sure else 0.1)]
+            return Completion(text="".join(t for t, _ in words), prompt_tokens=1, completion_tokens=3,
+                              logprobs=[(t, lp(p)) for t, p in words])
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+@pytest.mark.parametrize("lookahead", [None, 4])
+def test_flare_items_run_in_parallel_with_the_same_rows(lookahead):
+    task = get_task("synth_ifqa")
+    items = task.load("test", 8, 0)
+    retriever = Retriever(task.corpus())
+    spec = FlareSpec(threshold=0.4, top_k=1, max_steps=3, lookahead_tokens=lookahead)
+    runs = {}
+    for n in (1, 4):
+        drafter, writer = ByPromptClient(n), ByPromptClient(n)
+        rows = run_flare(spec, items, retriever=retriever, drafter=Collaborator(task, drafter),
+                         answerer=Collaborator(task, writer), stage="t")
+        runs[n] = rows, drafter, writer
+    (rows1, d1, w1), (rows4, d4, w4) = runs[1], runs[4]
+    assert rows4 == rows1 and [r["id"] for r in rows4] == [e.id for e in items]
+    assert sum(r["retrievals"] for r in rows1) > 0  # some items did retrieve
+    assert d1.peak == 1 and 1 < d4.peak <= 4  # items in parallel, at most `concurrency`
+    # each item's passes: the same prompts in the same order (a pass follows the one before)
+    for e in items:
+        q = task.render_question(e)
+        assert [p for p in d4.prompts if q in p] == [p for p in d1.prompts if q in p]
+    assert sorted(w4.prompts) == sorted(w1.prompts) and (lookahead is None) == (not w1.prompts)
+
+
+def test_a_failing_flare_item_is_raised():
+    task = get_task("synth_ifqa")
+    items = task.load("test", 6, 0)
+    client = ByPromptClient(3, fail_on=task.render_question(items[2]))
+    with pytest.raises(RuntimeError, match="strong model failed"):
+        run_flare(FlareSpec(), items, retriever=Retriever(task.corpus()), drafter=Collaborator(task, client),
+                  answerer=Collaborator(task, client), stage="t")
+
+
 def test_retriever_finds_the_document_naming_the_entity():
     docs = ["Brimsholt has seven bridges.", "Quellmoor has three towers.", "Zelvorin treats grey fever."]
     assert Retriever(docs).search("how many towers in Quellmoor", 1) == ["Quellmoor has three towers."]
@@ -120,3 +188,17 @@ def test_supericl_confidence_from_a_real_tiny_model_and_prompt():
     text = sic.prompt(ex, "C", sure)
     assert f"Specialist prediction: C (confidence {sure:.2f})" in text
     assert "Specialist prediction: B (confidence 0.81)" in text and f"Answer: {task.answer_text(ex)}" in text
+
+
+def test_flare_is_built_from_every_field_of_its_spec():
+    from cowest.config import FlareSpec
+
+    spec = FlareSpec(threshold=0.25, top_k=3, max_steps=2, lookahead_tokens=7)
+    assert set(FlareSpec.model_fields) == {"threshold", "top_k", "max_steps", "lookahead_tokens"}, "wire the new field"
+    task = get_task("synth_ifqa")
+    drafter, answerer = Collaborator(task, ScriptedClient([])), Collaborator(task, ScriptedClient([]))
+    fl = Flare.from_spec(spec, collab=drafter, retriever=Retriever(task.corpus()), answerer=answerer)
+    assert (fl.threshold, fl.top_k, fl.max_steps, fl.lookahead_tokens, fl.answerer) == (0.25, 3, 2, 7, answerer)
+    whole = Flare.from_spec(spec.model_copy(update={"lookahead_tokens": None}), collab=drafter,
+                            retriever=Retriever(task.corpus()), answerer=answerer)
+    assert whole.answerer is None  # whole-answer mode: the drafter writes the answer too

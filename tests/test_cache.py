@@ -11,17 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from cowest.cache import (
+from cowest.cache import CacheMiss, RequestCache, RequestCacheError, normalize_request, request_key
+from cowest.ledger import (
     MESSAGE_OVERHEAD_TOKENS,
     REQUEST_OVERHEAD_TOKENS,
     BudgetExceeded,
-    CacheMiss,
     Ledger,
-    RequestCache,
-    RequestCacheError,
-    normalize_request,
     prompt_token_bound,
-    request_key,
 )
 
 BASE = {

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from cowest.cache import BudgetExceeded, Ledger, RequestCache
+from cowest.cache import RequestCache
 from cowest.client import StrongClient, StrongModelError
-from cowest.server import LocalServer, LocalServerError
+from cowest.ledger import BudgetExceeded, Ledger
+from cowest.server import LocalServer, LocalServerError, ServerPool
 
 try:  # tests/ as a package, or tests/ itself on sys.path (pytest's default "prepend")
     from tests.fakeserver import FakeOpenAI
@@ -72,7 +73,7 @@ def client(url: str, db: Path, *, concurrency: int = 1, budget: float | None = N
            max_retries: int = MAX_RETRIES) -> StrongClient:
     """A client of an API-like endpoint with prices, tiny backoffs and a short timeout."""
     return StrongClient(
-        "strong", "fake-gpt", base_url=url, cache=RequestCache(db),
+        "strong", "fake-gpt", endpoint=url, cache=RequestCache(db),
         ledger=Ledger(db, budget_usd=budget), api_key_env=None, mode="chat", max_tokens=20,
         temperature=0.0, top_p=1.0, timeout_s=TIMEOUT_S, max_retries=max_retries,
         concurrency=concurrency, price_in=PRICE_IN, price_out=PRICE_OUT, free=False,
@@ -247,8 +248,8 @@ class FakeProcessServer(LocalServer):
         gguf = tmp_path / "model.gguf"
         gguf.write_bytes(b"GGUF fake model")
         kw.setdefault("startup_timeout_s", 10.0)
-        super().__init__(gguf, alias="ours", n_threads=1, n_ctx=256, logits_all=False,
-                         log_path=tmp_path / "server.log", **kw)
+        kw.setdefault("log_path", tmp_path / "server.log")
+        super().__init__(gguf, alias="ours", n_threads=1, n_ctx=256, logits_all=False, **kw)
         self.serves, self.cmd = serves, cmd
 
     def command(self) -> list[str]:
@@ -318,7 +319,7 @@ def test_our_own_server_is_accepted_identified_by_its_file_and_stopped(tmp_path)
         pid = srv.proc.pid
         sha = hashlib.sha256((tmp_path / "model.gguf").read_bytes()).hexdigest()
         assert srv.identity == f"local:{sha}"
-        c = StrongClient("s", "ours", base_url=srv.base_url, cache=RequestCache(
+        c = StrongClient("s", "ours", endpoint=srv.base_url, cache=RequestCache(
             tmp_path / "c.sqlite"), ledger=Ledger(tmp_path / "c.sqlite"), api_key_env=None,
             mode="chat", max_tokens=5, temperature=0.0, top_p=1.0, timeout_s=5.0,
             max_retries=0, concurrency=1, price_in=0.0, price_out=0.0, free=True,
@@ -395,3 +396,59 @@ def test_a_server_outlives_the_main_thread_while_another_thread_still_uses_it(tm
     while not _gone(int(pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(int(pid))  # and gone with the process
+
+
+# ---------------------------------------------------------------------------------------
+# a pool of servers: started together at the first miss, all ours, stopped together
+# ---------------------------------------------------------------------------------------
+
+
+def _pool(tmp_path: Path, n: int, **kw: Any) -> ServerPool:
+    return ServerPool([FakeProcessServer(tmp_path, log_path=tmp_path / f"server-{i}.log", **kw)
+                       for i in range(n)])
+
+
+def test_a_pool_starts_at_the_first_miss_on_distinct_ports_and_stops_together(tmp_path):
+    pool = _pool(tmp_path, 3)
+    db = tmp_path / "c.sqlite"
+    c = StrongClient("s", "ours", endpoint=pool, cache=RequestCache(db), ledger=Ledger(db),
+                     api_key_env=None, mode="chat", max_tokens=5, temperature=0.0, top_p=1.0,
+                     timeout_s=5.0, max_retries=0, concurrency=3, price_in=0.0, price_out=0.0,
+                     free=True, system_prompt=None, extra_body={})
+    try:
+        assert pool.started == 0 and all(s.proc is None for s in pool.servers)
+        prompts = [f"hello {i}" for i in range(9)]
+        out = c.complete_many(prompts, stage="t")  # from the client's worker threads
+        assert [o.text for o in out] == [f"echo: {p}" for p in prompts]
+        assert pool.started == 3 and pool.running
+        ports = [s.port for s in pool.servers]
+        assert len(set(ports)) == 3 and set(pool.base_urls) == {s.base_url for s in pool.servers}
+        assert c.build_request("x")["server"] == pool.identity == pool.servers[0].identity
+        pids = [s.proc.pid for s in pool.servers]
+        pool.start()  # idempotent: nothing new
+        assert [s.proc.pid for s in pool.servers] == pids
+    finally:
+        pool.stop()
+    assert pool.started == 0 and all(_gone(p) for p in pids)
+
+
+def test_a_pool_with_a_server_that_cannot_start_stops_the_others(tmp_path):
+    good = FakeProcessServer(tmp_path, log_path=tmp_path / "good.log")
+    bad = FakeProcessServer(tmp_path, log_path=tmp_path / "bad.log", cmd=[
+        sys.executable, "-c", "import sys, time; time.sleep(0.5); print('boom', flush=True); "
+        "sys.exit(3)"])
+    pool = ServerPool([good, bad])
+    with pytest.raises(LocalServerError, match=r"exited with code 3(.|\n)*boom"):
+        pool.start()
+    assert pool.started == 0 and not good.running and _gone(good.proc.pid)
+
+
+def test_a_pool_refuses_servers_that_differ(tmp_path):
+    a = FakeProcessServer(tmp_path)
+    b = LocalServer(tmp_path / "model.gguf", alias="ours", n_threads=2, n_ctx=256,
+                    logits_all=False)
+    with pytest.raises(ValueError, match="must be identical"):
+        ServerPool([a, b])
+    with pytest.raises(ValueError, match="at least one"):
+        ServerPool([])
+

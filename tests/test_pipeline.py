@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from cowest import pipeline, prompts
-from cowest.client import Completion
+from cowest.replies import Completion
 from cowest.config import load_profile
 from cowest.pipeline import Checkpoint, Pipeline
 
@@ -115,12 +115,14 @@ def _keys(p: Pipeline, task="synth_ifqa"):
         "data": k("data", p.data_inputs(task)),
         "sft": k("sft", p.sft_inputs(task, w, c.format)),
         "drafts": k("drafts", p.drafts_inputs(start, items, 1, 0.0)),
-        "prefs-collab": k("prefs", p.preferences_inputs(start, "collab", "gold", p.cfg.strong_for(task).name)),
-        "prefs-single": k("prefs", p.preferences_inputs(start, "single", "gold", None)),
+        "prefs-collab": k("prefs", p.preferences_inputs(start, "collab", c.evaluator, p.cfg.strong_for(task).name)),
+        "prefs-single": k("prefs", p.preferences_inputs(start, "single", c.evaluator, None)),
         "dpo": k("dpo", p.dpo_inputs(start, pairs)),
         "eval-weak": k("eval", p.evaluate_inputs("weak", task, items, start, None)),
         "eval-strong": k("eval", p.evaluate_inputs("strong", task, items, None, p.cfg.strong_for(task).name)),
         "eval-collab": k("eval", p.evaluate_inputs("collab", task, items, start, p.cfg.strong_for(task).name)),
+        "eval-flare": k("eval", p.evaluate_inputs("flare", task, items, None, p.cfg.strong_for(task).name)),
+        "eval-supericl": k("eval", p.evaluate_inputs("supericl", task, items, start, p.cfg.strong_for(task).name)),
     }
 
 
@@ -159,7 +161,8 @@ def test_editing_a_prompt_redoes_exactly_the_stages_that_render_it(pipe, tmp_pat
         refine = edit("strong_refine")
         assert _changed(base, refine) == ["eval-collab", "prefs-collab"]
         weak = edit("weak_cot")
-        assert _changed(refine, weak) == ["drafts", "eval-collab", "eval-weak", "prefs-collab", "prefs-single", "sft"]
+        assert _changed(refine, weak) == ["drafts", "eval-collab", "eval-supericl", "eval-weak", "prefs-collab",
+                                          "prefs-single", "sft"]
     finally:
         prompts._load.cache_clear()
 
@@ -175,6 +178,44 @@ def test_changing_a_task_size_redoes_that_task_only(pipe):
     more_test = pipe("tasks.synth_ifqa.n_test=6")
     changed = _changed(base["synth_ifqa"], _keys(more_test, "synth_ifqa"))
     assert "sft" not in changed and {"eval-weak", "eval-strong", "eval-collab"} <= set(changed)
+
+
+# every field of the stage-level specs, with another value; a new field fails the test until it is wired
+FIELD_CHANGES = {
+    "collab.format": ["collab.format=direct"],
+    "collab.n_queries": ["collab.n_queries=3"],
+    "collab.k": ["collab.k=3"],
+    "collab.temperature": ["collab.temperature=0.5"],
+    "collab.evaluator": ["collab.evaluator=llm_judge"],
+    "collab.judge": ["collab.evaluator=llm_judge", "collab.judge=gemma3-270m-server"],
+    "collab.pairing": ["collab.pairing=extremes"],
+    "collab.max_pairs_per_query": ["collab.max_pairs_per_query=1"],
+    "baselines.flare.threshold": ["baselines.flare.threshold=0.2"],
+    "baselines.flare.top_k": ["baselines.flare.top_k=1"],
+    "baselines.flare.max_steps": ["baselines.flare.max_steps=2"],
+    "baselines.flare.lookahead_tokens": ["baselines.flare.lookahead_tokens=8"],
+    "baselines.supericl.n_demos": ["baselines.supericl.n_demos=1"],
+    "tasks.n_train": ["tasks.synth_ifqa.n_train=6"],
+    "tasks.n_validation": ["tasks.synth_ifqa.n_validation=3"],
+    "tasks.n_test": ["tasks.synth_ifqa.n_test=3"],
+    "tasks.params": ["tasks.synth_ifqa.params={n_entities: 5}"],
+    "tasks.strong": ["tasks.synth_ifqa.strong=gemma3-270m-server"],
+}
+
+
+def test_every_stage_setting_reaches_a_stage_key(pipe):
+    from cowest.config import CollabSpec, FlareSpec, SuperICLSpec, TaskSpec
+
+    fields = ([f"collab.{f}" for f in CollabSpec.model_fields] + [f"baselines.flare.{f}" for f in FlareSpec.model_fields]
+              + [f"baselines.supericl.{f}" for f in SuperICLSpec.model_fields]
+              + [f"tasks.{f}" for f in TaskSpec.model_fields if f != "name"])
+    assert sorted(fields) == sorted(FIELD_CHANGES), "a spec field is new (or gone): wire it and list it here"
+    for field, overrides in FIELD_CHANGES.items():
+        before = _keys(pipe(*overrides[:-1]))
+        after = _keys(pipe(*overrides))
+        assert _changed(before, after), f"{field} changes no stage key"
+        if not field.startswith("tasks.n_") and field != "tasks.params":
+            assert "sft" not in _changed(before, after) or field == "collab.format", f"{field} retrains SFT"
 
 
 def test_the_same_dpo_under_two_tags_trains_once(run, monkeypatch):

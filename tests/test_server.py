@@ -15,15 +15,17 @@ import subprocess
 import sys
 import textwrap
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from cowest.assets import get_asset, gguf_path
-from cowest.cache import CacheMiss, Ledger, RequestCache
+from cowest.cache import CacheMiss, RequestCache
 from cowest.client import StrongClient
 from cowest.config import StrongSpec
-from cowest.server import LocalServer, LocalServerError
+from cowest.ledger import Ledger
+from cowest.server import LocalServer, LocalServerError, ServerPool
 
 pytestmark = pytest.mark.server
 
@@ -69,7 +71,7 @@ def gemma(tmp_path_factory):
 
 def _client(base_url: str, db: Path, mode="readwrite") -> StrongClient:
     """GEMMA's client, built from the spec as the pipeline builds it (local backend)."""
-    c = StrongClient.from_spec(GEMMA, base_url=base_url, cache=RequestCache(db, mode=mode),
+    c = StrongClient.from_spec(GEMMA, endpoint=base_url, cache=RequestCache(db, mode=mode),
                                ledger=Ledger(db))
     c.retry_base_s = 0.05
     return c
@@ -127,7 +129,7 @@ def test_chat_logprobs_with_smollm2_and_cleanup_after_interrupt(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         with srv:
             db = tmp_path / "c.sqlite"
-            c = StrongClient("strong", "smol", base_url=srv.base_url, mode="chat",
+            c = StrongClient("strong", "smol", endpoint=srv.base_url, mode="chat",
                              max_tokens=5, temperature=0.0, top_p=1.0, timeout_s=120.0,
                              max_retries=4, concurrency=1, price_in=0.0, price_out=0.0,
                              free=True, endpoint_id=srv.identity,
@@ -217,3 +219,46 @@ def test_a_server_that_cannot_start_reports_its_log(tmp_path):
     with pytest.raises(LocalServerError, match="not found"):
         LocalServer(tmp_path / "missing.gguf", alias="m", n_threads=1, n_ctx=256,
                     logits_all=False).start()
+
+
+#: SmolLM2-135M-Instruct in chat mode as a profile would name it, laid out as measured best
+#: on 2 cores: two 1-thread servers, two client threads.
+SMOL_POOL = StrongSpec(name="strong", model="smollm2-135m", max_tokens=8, n_threads=1,
+                       servers=2, concurrency=2, n_ctx=512, max_retries=1, timeout_s=60)
+#: questions in the shape of the refinement prompts: one shared instruction, then the item
+QUESTIONS = [f"Read the question and the draft answer, then give the final answer.\n"
+             f"Question: What is {a} plus {b}?\nDraft: {a + b + d}\nFinal answer:"
+             for a, b, d in [(2, 3, 0), (7, 5, 1), (10, 4, 0), (6, 6, 2), (9, 1, 0), (3, 8, 1)]]
+
+
+def test_two_real_servers_answer_as_one_does_and_a_cached_rerun_starts_none(tmp_path):
+    one = StrongSpec(**{**{f: getattr(SMOL_POOL, f) for f in type(SMOL_POOL).model_fields},
+                        "servers": 1, "concurrency": 1})
+    texts = {}
+    for spec in (one, SMOL_POOL):
+        db = tmp_path / f"{spec.servers}.sqlite"
+        pool = ServerPool.from_spec(spec, logits_all=False, log_path=tmp_path / f"s{spec.servers}.log")
+        with ExitStack() as stack:
+            stack.callback(pool.stop)
+            c = StrongClient.from_spec(spec, endpoint=pool, cache=RequestCache(db), ledger=Ledger(db))
+            assert pool.started == 0
+            out = c.complete_many(QUESTIONS, stage="it")
+            assert all(o.ok and not o.cached for o in out)
+            assert pool.started == spec.servers
+            texts[spec.servers] = [o.text for o in out]
+            posts = [_posts(s.log_path) for s in pool.servers]
+            assert sum(posts) == len(QUESTIONS) and min(posts) >= 1, posts  # each one answered
+    assert texts[2] == texts[1]  # whichever server answers, the same text
+    # a rerun on the cache: a fresh pool, never started
+    db = tmp_path / "2.sqlite"
+    pool = ServerPool.from_spec(SMOL_POOL, logits_all=False, log_path=tmp_path / "again.log")
+    with ExitStack() as stack:
+        stack.callback(pool.stop)
+        c = StrongClient.from_spec(SMOL_POOL, endpoint=pool, cache=RequestCache(db), ledger=Ledger(db))
+        again = c.complete_many(QUESTIONS, stage="it")
+        assert [o.text for o in again] == texts[2] and all(o.cached for o in again)
+        assert pool.started == 0 and all(s.proc is None for s in pool.servers)
+        assert not c.complete("Say hello.", stage="it").cached  # the first miss starts it
+        assert pool.started == 2
+    assert pool.started == 0
+

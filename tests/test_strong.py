@@ -17,20 +17,13 @@ from urllib.parse import quote, quote_plus
 import pytest
 
 from cowest import assets
-from cowest.cache import BudgetExceeded, CacheMiss, Ledger, RequestCache, request_key
-from cowest.client import (
-    Completion,
-    StrongClient,
-    StrongModelError,
-    UnpricedModelError,
-    _derive_seed,
-    _parse_logprobs,
-    _retry_after_s,
-    endpoint_identity,
-    scrub_secret,
-)
+from cowest.cache import CacheMiss, RequestCache, request_key
+from cowest.client import StrongClient, StrongModelError, UnpricedModelError, _derive_seed
 from cowest.config import StrongSpec
-from cowest.server import LLAMA_CPP_PLAIN_SAMPLING, LocalServer
+from cowest.endpoint import endpoint_identity
+from cowest.ledger import BudgetExceeded, Ledger
+from cowest.replies import Completion, parse_logprobs, retry_after_s, scrub_secret
+from cowest.server import LLAMA_CPP_PLAIN_SAMPLING, LocalServer, ServerPool
 
 try:  # tests/ as a package, or tests/ itself on sys.path (pytest's default "prepend")
     from tests.fakeserver import FakeOpenAI
@@ -64,7 +57,7 @@ def make(fake_or_url, tmp_path: Path, *, cache_mode="readwrite", budget=None, ba
         fields.setdefault("free", True)
     spec = StrongSpec(name="strong", model="fake-gpt", backend=backend,
                       base_url=base_url if backend == "api" else None, **fields)
-    client = StrongClient.from_spec(spec, base_url=base_url,
+    client = StrongClient.from_spec(spec, endpoint=base_url,
                                     cache=RequestCache(db, mode=cache_mode),
                                     ledger=Ledger(db, budget_usd=budget))
     client.retry_base_s = 0.01  # not a profile setting
@@ -125,6 +118,124 @@ def test_complete_many_keeps_order_bounds_concurrency_and_uses_cache(fake, tmp_p
     assert out[0].cached and not any(o.cached for o in out[1:])
     assert len(fake.posts()) == 7  # 1 + 6; the cached one was not resent
     assert 2 <= fake.max_in_flight <= 3
+
+
+# ---------------------------------------------------------------------------------------
+# local servers: started on the first miss, one request per server at a time
+# ---------------------------------------------------------------------------------------
+
+
+class FakeServers:
+    """Local [`Servers`] made of fake OpenAI servers: started (entered) by `start()`, which
+    counts how often it really started them; one GGUF identity for all, as a ServerPool."""
+
+    identity = "local:" + "f" * 64
+
+    def __init__(self, n: int, fail: Exception | None = None) -> None:
+        self.fakes = [FakeOpenAI() for _ in range(n)]
+        self.starts = 0
+        self.fail = fail
+        self.started = 0
+
+    def start(self) -> "FakeServers":
+        if not self.started:
+            self.starts += 1
+            if self.fail is not None:
+                raise self.fail
+            for f in self.fakes:
+                f.__enter__()
+            self.started = len(self.fakes)
+        return self
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [f.base_url for f in self.fakes]
+
+    def stop(self) -> None:
+        if self.started:
+            for f in self.fakes:
+                f.__exit__(None, None, None)
+        self.started = 0
+
+
+@pytest.fixture
+def servers():
+    made: list[FakeServers] = []
+
+    def make_servers(n: int, **kw: Any) -> FakeServers:
+        made.append(FakeServers(n, **kw))
+        return made[-1]
+
+    yield make_servers
+    for m in made:
+        m.stop()
+
+
+def local_client(endpoint: Any, db: Path, **fields: Any) -> StrongClient:
+    spec = StrongSpec(name="strong", model="fake-gpt", max_retries=1, timeout_s=5, **fields)
+    c = StrongClient.from_spec(spec, endpoint=endpoint, cache=RequestCache(db), ledger=Ledger(db))
+    c.retry_base_s = 0.01
+    return c
+
+
+def test_local_servers_start_on_the_first_miss_and_never_for_a_cached_batch(servers, tmp_path):
+    db = tmp_path / "c.sqlite"
+    prompts = [f"question {i}" for i in range(6)]
+    first = servers(1)
+    warm = local_client(first, db).complete_many(prompts, stage="t")
+    assert first.starts == 1 and not any(o.cached for o in warm)
+    # a new run: new servers (new ports), same file identity -> the same keys, all cached
+    pool = servers(2)
+    c = local_client(pool, db, servers=2, concurrency=2)
+    assert c.base_url is None and "not started" in repr(c) and pool.starts == 0
+    again = c.complete_many(prompts, stage="t")
+    assert [o.text for o in again] == [o.text for o in warm] and all(o.cached for o in again)
+    assert c.complete(prompts[0], stage="t").cached
+    assert pool.starts == 0 and pool.started == 0  # no server was started for cache hits
+    # the first miss starts every server of the pool, once
+    assert not c.complete("a new question", stage="t").cached
+    assert pool.starts == 1 and pool.started == 2 and c.base_url in pool.base_urls
+    assert sum(len(f.posts()) for f in pool.fakes) == 1
+    assert c.build_request("x")["server"] == FakeServers.identity  # no port in the key
+
+
+def test_requests_go_to_free_servers_one_at_a_time_each(servers, tmp_path):
+    pool = servers(2)
+    for f in pool.fakes:
+        f.rule("slow", {"sleep": 0.15})
+    c = local_client(pool, tmp_path / "c.sqlite", servers=2, concurrency=4)
+    prompts = [f"slow {i}" for i in range(8)]
+    out = c.complete_many(prompts, stage="t")
+    assert [o.text for o in out] == [f"echo: {p}" for p in prompts]
+    n = [len(f.posts()) for f in pool.fakes]
+    assert sum(n) == 8 and min(n) >= 2  # both servers answered
+    assert [f.max_in_flight for f in pool.fakes] == [1, 1]  # never two at once on one server
+    # an API URL gets requests at once, up to `concurrency`
+    with FakeOpenAI() as api:
+        api.rule("slow", {"sleep": 0.15})
+        local_client(api.base_url, tmp_path / "d.sqlite", concurrency=4).complete_many(
+            prompts, stage="t")
+        assert 2 <= api.max_in_flight <= 4
+
+
+def test_servers_that_cannot_start_fail_every_call_without_a_second_start(servers, tmp_path):
+    from cowest.server import LocalServerError
+
+    pool = servers(2, fail=LocalServerError("the llama.cpp server exited with code 1"))
+    c = local_client(pool, tmp_path / "c.sqlite", servers=2, concurrency=2)
+    with pytest.raises(LocalServerError, match="exited with code 1"):
+        c.complete_many([f"q{i}" for i in range(4)], stage="t")
+    with pytest.raises(LocalServerError):
+        c.complete("another", stage="t")
+    assert pool.starts == 1
+    assert c.ledger.totals()["requests"] == 0
+
+
+def test_an_api_backend_takes_a_url_only(servers, tmp_path):
+    spec = StrongSpec(name="gpt", model="gpt-x", backend="api", base_url="http://x/v1", free=True)
+    with pytest.raises(TypeError, match="backend 'api' takes the API's base URL"):
+        StrongClient.from_spec(spec, endpoint=servers(1), cache=RequestCache(tmp_path / "c"),
+                               ledger=Ledger(tmp_path / "c"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -288,18 +399,18 @@ def test_an_api_model_without_prices_is_refused_unless_free(fake, tmp_path):
     spec = dict(name="llama3-70b", model="meta-llama/Meta-Llama-3-70B-Instruct", backend="api",
                 base_url="http://user:pw@localhost:8000/v1", api_key_env="VLLM_API_KEY")
     with pytest.raises(UnpricedModelError) as ei:
-        _from_spec(StrongSpec(**spec), tmp_path, base_url=spec["base_url"])
+        _from_spec(StrongSpec(**spec), tmp_path, endpoint=spec["base_url"])
     msg = str(ei.value)
     for part in ("strong_models.llama3-70b", "price_in_per_mtok", "price_out_per_mtok",
                  "free: true", "http://localhost:8000/v1"):
         assert part in msg, (part, msg)
     assert "pw" not in msg and isinstance(ei.value, ValueError)
-    assert _from_spec(StrongSpec(**spec, free=True), tmp_path, base_url=spec["base_url"]).free
+    assert _from_spec(StrongSpec(**spec, free=True), tmp_path, endpoint=spec["base_url"]).free
     assert _from_spec(StrongSpec(**spec, price_out_per_mtok=0.5), tmp_path,
-                      base_url=spec["base_url"]).price_out == 0.5
+                      endpoint=spec["base_url"]).price_out == 0.5
     # a local server is free without saying so
     local = _from_spec(StrongSpec(name="q", model="qwen2.5-coder-0.5b"), tmp_path,
-                       base_url="http://127.0.0.1:1/v1")
+                       endpoint="http://127.0.0.1:1/v1")
     assert local.free and local.price_in == local.price_out == 0
 
 
@@ -504,15 +615,15 @@ def test_logprobs_both_shapes_through_the_client(fake, tmp_path):
     again = make(fake, tmp_path, mode="completion").complete("comp", stage="t", logprobs=True,
                                                              top_logprobs=2)
     assert again.cached and again.logprobs == b.logprobs
-    assert _parse_logprobs(None) == (None, None)
+    assert parse_logprobs(None) == (None, None)
 
 
 def test_retry_after_parsing():
-    assert _retry_after_s({"retry-after": "2"}) == 2.0
-    assert _retry_after_s({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
-    assert _retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
-    assert _retry_after_s({"retry-after": "soon"}) is None
-    assert _retry_after_s({}) is None
+    assert retry_after_s({"retry-after": "2"}) == 2.0
+    assert retry_after_s({"retry-after-ms": "1500", "retry-after": "9"}) == 1.5
+    assert retry_after_s({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
+    assert retry_after_s({"retry-after": "soon"}) is None
+    assert retry_after_s({}) is None
 
 
 # ---------------------------------------------------------------------------------------
@@ -541,6 +652,7 @@ NON_DEFAULT: dict[str, Any] = {
     "system_prompt": "Be brief.",
     "extra_body": {"top_k": 5},
     "n_threads": 3,
+    "servers": 2,
     "n_ctx": 1024,
     "concurrency": 3,
     "timeout_s": 33.0,
@@ -560,29 +672,32 @@ CLIENT_ATTR = {
 }
 #: spec field -> the llama_cpp.server argument LocalServer.from_spec sets from it
 SERVER_ARG = {"model": "--model_alias", "n_threads": "--n_threads", "n_ctx": "--n_ctx"}
+#: spec field -> the ServerPool attribute ServerPool.from_spec sets from it
+POOL_ATTR = {"servers": "size"}
 #: fields that configure neither object as a value of its own, and who consumes them
 ELSEWHERE = {
     "backend": "chooses the objects: the pipeline starts a LocalServer only for 'local'; "
                "StrongClient.from_spec then adds the server's request_defaults and no key "
                "(both checked below)",
     "base_url": "the API root of backend 'api': the caller passes it as "
-                "StrongClient.from_spec(base_url=...) (a local backend passes "
-                "LocalServer.base_url instead)",
+                "StrongClient.from_spec(endpoint=...) (a local backend passes its "
+                "ServerPool instead)",
 }
 
 
-def _from_spec(spec: StrongSpec, tmp_path: Path, base_url: str) -> StrongClient:
+def _from_spec(spec: StrongSpec, tmp_path: Path, endpoint: Any) -> StrongClient:
     db = tmp_path / "spec.sqlite"
-    return StrongClient.from_spec(spec, base_url=base_url, cache=RequestCache(db),
+    return StrongClient.from_spec(spec, endpoint=endpoint, cache=RequestCache(db),
                                   ledger=Ledger(db))
 
 
 def test_every_strong_spec_field_reaches_the_object_it_configures(tmp_path, monkeypatch):
     fields = set(spec_fields())
-    wired = set(CLIENT_ATTR) | set(SERVER_ARG) | set(ELSEWHERE)
+    wired = set(CLIENT_ATTR) | set(SERVER_ARG) | set(POOL_ATTR) | set(ELSEWHERE)
     assert fields <= set(NON_DEFAULT), (
         f"StrongSpec field(s) {sorted(fields - set(NON_DEFAULT))} are new: pass them in "
-        "StrongClient.from_spec or LocalServer.from_spec, then add them to this test")
+        "StrongClient.from_spec, LocalServer.from_spec or ServerPool.from_spec, then add "
+        "them to this test")
     assert fields <= wired, f"not wired anywhere: {sorted(fields - wired)}"
     assert set(NON_DEFAULT) <= fields and wired <= fields, "stale entries in this test"
     defaults = StrongSpec(name="x", model="y")
@@ -592,7 +707,7 @@ def test_every_strong_spec_field_reaches_the_object_it_configures(tmp_path, monk
 
     # the client, backend "api": every client field as given
     api = StrongSpec(**NON_DEFAULT)
-    client = _from_spec(api, tmp_path, base_url=api.base_url)
+    client = _from_spec(api, tmp_path, endpoint=api.base_url)
     for f, attr in CLIENT_ATTR.items():
         assert getattr(client, attr) == NON_DEFAULT[f], f
     assert client.base_url == api.base_url
@@ -612,8 +727,21 @@ def test_every_strong_spec_field_reaches_the_object_it_configures(tmp_path, monk
     off = LocalServer.from_spec(local, logits_all=False, log_path=tmp_path / "srv.log")
     assert off.command()[off.command().index("--logits_all") + 1] == "False"
 
+    # the pool (not started): `servers` servers, each as LocalServer.from_spec builds it
+    pool = ServerPool.from_spec(local, logits_all=True, log_path=tmp_path / "srv.log")
+    for f, attr in POOL_ATTR.items():
+        assert getattr(pool, attr) == NON_DEFAULT[f], f
+    assert pool.started == 0 and [s.log_path.name for s in pool.servers] == ["srv-1.log",
+                                                                           "srv-2.log"]
+    for s in pool.servers:
+        assert s.command() == server.command() and s.port is None
+    assert pool.identity == server.identity == f"local:{assets.get_asset('smollm2-135m').sha256}"
+    one = ServerPool.from_spec(StrongSpec(**{**vars_of(local), "servers": 1}), logits_all=False,
+                               log_path=tmp_path / "srv.log")
+    assert [s.log_path for s in one.servers] == [tmp_path / "srv.log"]
+
     # the client of that server: the alias as model, the server's defaults, no key
-    lc = _from_spec(local, tmp_path, base_url=server.base_url)
+    lc = _from_spec(local, tmp_path, endpoint=server.base_url)
     assert lc.model == server.alias and lc.api_key_env is None
     assert lc.extra_body == {**LLAMA_CPP_PLAIN_SAMPLING, **NON_DEFAULT["extra_body"]}
     for f, attr in CLIENT_ATTR.items():
@@ -629,12 +757,13 @@ def test_no_constructor_restates_a_spec_default():
     client = inspect.signature(StrongClient.__init__).parameters
     for attr in CLIENT_ATTR.values():
         assert client[attr].default is empty, attr
-    for p in ("base_url", "cache", "ledger"):
+    for p in ("endpoint", "cache", "ledger"):
         assert client[p].default is empty, p
     server = inspect.signature(LocalServer.__init__).parameters
     for p in ("alias", "n_threads", "n_ctx", "logits_all"):
         assert server[p].default is empty, p
     assert inspect.signature(LocalServer.from_spec).parameters["logits_all"].default is empty
+    assert inspect.signature(ServerPool.from_spec).parameters["logits_all"].default is empty
 
 
 def test_requests_carry_top_p_system_prompt_and_extra_body_of_the_spec(fake, tmp_path):
@@ -673,14 +802,14 @@ def test_cache_keys_of_default_profiles_are_those_of_the_pre_split_client(tmp_pa
     API key changed when the endpoint identity (the normalised base URL) entered it; it
     was 6a545ecca61bbf72422ed926a8ceabce5bcd917fba0111a628cfcacf525b10e7."""
     local = StrongSpec(name="qwen2.5-coder-0.5b", model="qwen2.5-coder-0.5b", max_tokens=64)
-    chat = _from_spec(local, tmp_path, base_url="http://127.0.0.1:41234/v1")
+    chat = _from_spec(local, tmp_path, endpoint="http://127.0.0.1:41234/v1")
     comp = _from_spec(StrongSpec(**{**vars_of(local), "mode": "completion"}), tmp_path,
-                      base_url="http://127.0.0.1:41234/v1")
+                      endpoint="http://127.0.0.1:41234/v1")
     api = StrongSpec(name="gpt-4", model="gpt-4-0613", backend="api",
                      base_url="https://api.openai.com/v1", api_key_env="OPENAI_API_KEY",
                      max_tokens=384, concurrency=8, price_in_per_mtok=30.0,
                      price_out_per_mtok=60.0)
-    gpt4 = _from_spec(api, tmp_path, base_url=api.base_url)
+    gpt4 = _from_spec(api, tmp_path, endpoint=api.base_url)
     keys = [
         request_key(chat.build_request("What is 2+2?")),
         request_key(chat.build_request("What is 2+2?", temperature=0.8, sample_index=2)),
@@ -698,8 +827,8 @@ def test_cache_keys_of_default_profiles_are_those_of_the_pre_split_client(tmp_pa
     # the same local model through its started server: the same keys, whatever the port
     server = LocalServer.from_spec(local, logits_all=False, log_path=tmp_path / "s.log")
     server.port = 40000
-    via_server = StrongClient.from_spec(local, base_url=server.base_url, cache=chat.cache,
-                                        ledger=chat.ledger, server=server)
+    via_server = StrongClient.from_spec(local, endpoint=server, cache=chat.cache,
+                                        ledger=chat.ledger)
     assert request_key(via_server.build_request("What is 2+2?")) == keys[0]
 
 
@@ -721,11 +850,11 @@ def test_the_endpoint_identity_keeps_two_servers_apart(tmp_path):
     # local: the identity is the GGUF's sha256 (not the port); a file other than the
     # asset's pinned one behind the same alias gets its own keys
     spec = StrongSpec(name="q", model="qwen2.5-coder-0.5b")
-    pinned = _from_spec(spec, tmp_path, base_url="http://127.0.0.1:1/v1")
+    pinned = _from_spec(spec, tmp_path, endpoint="http://127.0.0.1:1/v1")
     other = LocalServer(tmp_path / "other.gguf", alias="qwen2.5-coder-0.5b", n_threads=1,
                         n_ctx=256, logits_all=False, sha256="0" * 64)
-    c = StrongClient.from_spec(spec, base_url="http://127.0.0.1:2/v1", cache=pinned.cache,
-                               ledger=pinned.ledger, server=other)
+    c = StrongClient.from_spec(spec, endpoint=other, cache=pinned.cache,
+                               ledger=pinned.ledger)
     assert c.build_request("x")["server"] == "local:" + "0" * 64
     assert request_key(c.build_request("x")) != request_key(pinned.build_request("x"))
 
