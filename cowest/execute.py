@@ -139,11 +139,12 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
                                 kernel_name=kernel, cwd=str(paths.NOTEBOOK_DIR), progress_bar=False,
                                 report_mode=False)
         except pm.PapermillExecutionError as e:
+            error = _scrub(f"{e.ename}: {e.evalue}", cfg)
             manifest["notebooks"][nb.file] = {"status": "failed", "seconds": round(time.time() - t0, 1),
-                                              "error": f"{e.ename}: {e.evalue}"}
+                                              "error": error}
             _finish(manifest, manifest_path, out_dir)
             raise NotebookFailed(
-                f"{nb.file} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                f"{nb.file} failed in cell {e.exec_count}: {error}\n"
                 f"The rendered notebook with the traceback is {_param_path(target)}"
             ) from None
         done = activity.since_mark()
@@ -155,6 +156,16 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
     manifest["total_seconds"] = round(sum(v["seconds"] for v in manifest["notebooks"].values()), 1)
     _finish(manifest, manifest_path, out_dir)
     return manifest_path
+
+
+def _scrub(text: str, cfg: Profile) -> str:
+    """An error's text with every API key of the profile hidden, before it is written anywhere."""
+    from cowest.replies import scrub_secret
+
+    for spec in cfg.strong_models:
+        if spec.api_key_env:
+            text = scrub_secret(text, os.environ.get(spec.api_key_env))
+    return text
 
 
 def _finish(manifest: dict[str, Any], path: Path, out_dir: Path) -> None:

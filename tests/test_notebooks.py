@@ -87,3 +87,13 @@ def test_the_readme_lists_the_notebooks_of_the_list():
     for nb in NOTEBOOKS:
         row = next(line for line in table.splitlines() if f"`{nb.stem}`" in line)
         assert all(name in row for name in nb.tables + nb.figures), f"README row of {nb.stem} misses an artifact"
+
+
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n"])
+def test_a_failed_notebook_error_is_scrubbed_before_the_manifest(monkeypatch, ending):
+    from cowest.config import load_profile
+    from cowest.execute import _scrub
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456789" + ending)
+    text = "AuthenticationError: b'Bearer sk-test-123456789\\n' rejected (sk-test-123456789)"
+    assert "sk-test" not in _scrub(text, load_profile("paper"))
