@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -261,6 +262,20 @@ def verify_file(path: Path, rec: dict[str, Any], folder: Path) -> None:
                             f"replaced; {fix}")
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (released when the process dies, so never stale)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Store:
     """Stage artifacts addressed by their inputs: ``<root>/<kind>/<key>/``.
 
@@ -293,6 +308,7 @@ class Store:
         self.force = force
         self.built: list[tuple[str, str]] = []  # (kind, key) built by this process
         self.reused: list[tuple[str, str]] = []
+        self.incomplete: set[tuple[str, str]] = set()  # built unfinished by this process: kept until the next run
 
     def key(self, kind: str, material: Any) -> str:
         return stable_hash([kind, material])
@@ -327,33 +343,51 @@ class Store:
 
     def stage(self, kind: str, material: Any, build: Callable[[Path], Any], *,
               outputs: Iterable[str] = (), alias: str | None = None) -> Path:
-        """The folder of stage ``kind`` for ``material``, built by ``build(folder)`` if needed."""
+        """The folder of stage ``kind`` for ``material``, built by ``build(folder)`` if needed.
+
+        Builds hold an exclusive lock on ``<root>/<kind>/.<key>.lock``, so two processes that
+        ask for the same stage (two notebooks open in JupyterLab) build it once. A stage this
+        process left unfinished is handed back as it is for the rest of the process (every
+        cell of a notebook sees the same result); the next run retries it.
+        """
         outputs = list(outputs)
         key = self.key(kind, material)
         folder = self.folder(kind, key)
-        if self.is_done(kind, key, outputs):
+        if (kind, key) in self.incomplete:
+            pass
+        elif self.is_done(kind, key, outputs):
             self.reused.append((kind, key))
             self._journal("reused", kind, key)
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / MARKER).unlink(missing_ok=True)
-            _remove_temporaries(folder)  # left by a build that was killed
-            failed = build(folder)
-            missing = [o for o in outputs if not (folder / o).exists()]
-            if missing:
-                raise RuntimeError(f"stage {kind} ({folder}) finished without its outputs {missing}")
-            if isinstance(failed, int) and failed > 0:
-                self._journal("incomplete", kind, key)
-                warnings.warn(f"stage {kind} {key}: {failed} item(s) failed; it is left unfinished and the next "
-                              "run retries them", CowestWarning, stacklevel=2)
-            else:
-                write_json(folder / MARKER, {"key": key, "kind": kind, "forced_by": self.force, "material": material,
-                                             "files": record_files(folder)})
-                self._journal("built", kind, key)
-            self.built.append((kind, key))
+            with _locked(self.root / kind / f".{key}.lock"):
+                if self.is_done(kind, key, outputs):  # another process built it while we waited
+                    self.reused.append((kind, key))
+                    self._journal("reused", kind, key)
+                else:
+                    self._build(kind, key, material, folder, build, outputs)
         if alias:
             self.link(kind, alias, folder)
         return folder
+
+    def _build(self, kind: str, key: str, material: Any, folder: Path, build: Callable[[Path], Any],
+               outputs: list[str]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / MARKER).unlink(missing_ok=True)
+        _remove_temporaries(folder)  # left by a build that was killed
+        failed = build(folder)
+        missing = [o for o in outputs if not (folder / o).exists()]
+        if missing:
+            raise RuntimeError(f"stage {kind} ({folder}) finished without its outputs {missing}")
+        if isinstance(failed, int) and failed > 0:
+            self.incomplete.add((kind, key))
+            self._journal("incomplete", kind, key)
+            warnings.warn(f"stage {kind} {key}: {failed} item(s) failed; it is left unfinished and the next "
+                          "run retries them", CowestWarning, stacklevel=2)
+        else:
+            write_json(folder / MARKER, {"key": key, "kind": kind, "forced_by": self.force, "material": material,
+                                         "files": record_files(folder)})
+            self._journal("built", kind, key)
+        self.built.append((kind, key))
 
     def _journal(self, event: str, kind: str, key: str) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -367,7 +401,6 @@ class Store:
         target = os.path.relpath(folder, link.parent)
         if link.is_symlink() and os.readlink(link) == target:
             return
-        tmp = link.with_name(f".{link.name}.tmp")
-        tmp.unlink(missing_ok=True)
+        tmp = link.with_name(f".{link.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
         os.symlink(target, tmp)
         os.replace(tmp, link)

@@ -129,7 +129,10 @@ class Flare:
         ))
 
     def _retrieve(self, ex: Example, c: Completion, passages: list[str], queries: list[str]) -> bool:
-        """Add passages for the unsure part of `c`; False when `c` was confident."""
+        """Add passages for the unsure part of `c`; False when `c` was confident, or failed
+        (`c.error` set: no log-probabilities to judge by; the caller keeps that error)."""
+        if c.error is not None:
+            return False
         q = low_confidence_query(c.logprobs or [], self.threshold) if c.logprobs else None
         if q is None:
             return False
@@ -141,6 +144,14 @@ class Flare:
         return True
 
     def answer(self, ex: Example, *, stage: str) -> dict[str, Any]:
+        """One item: its final text, retrievals, queries, passages and `error`.
+
+        A pass (look-ahead or whole answer) that returns an error (its reply unusable after
+        the client's retries) ends the item: no log-probabilities means no judgement of
+        confidence, so nothing is taken as "confident". The row then carries that pass's
+        error (and no answer is written), so the evaluation stage stays unfinished and a
+        rerun asks again (answered passes come from the cache).
+        """
         passages: list[str] = []
         queries: list[str] = []
         stop = self.collab.stop_kw()
@@ -150,16 +161,27 @@ class Flare:
                 if not self._retrieve(ex, c, passages, queries):
                     break
                 c = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True, **stop)
+            error = c.error
+            if error is not None:
+                error = f"FLARE pass {len(queries) + 1} (whole answer): {error}"
         else:
+            look_error = None
             for _ in range(self.max_steps):
                 look = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True,
                                             max_tokens=self.lookahead_tokens, **stop)
+                if look.error is not None:
+                    look_error = f"FLARE look-ahead pass {len(queries) + 1}: {look.error}"
+                    break
                 if not self._retrieve(ex, look, passages, queries):
                     break
+            if look_error is not None:  # no answer written on an unjudged look-ahead
+                return {"text": "", "retrievals": len(queries), "queries": queries,
+                        "passages": passages, "error": look_error}
             writer = (self.answerer or self.collab).client
             c = writer.complete(self.prompt(ex, passages), stage=stage, **stop)
+            error = c.error if c.error is None else f"FLARE answer: {c.error}"
         return {"text": c.text, "retrievals": len(queries), "queries": queries, "passages": passages,
-                "error": c.error}
+                "error": error}
 
 
 def run_flare(spec: FlareSpec, items: Sequence[Example], *, retriever: Retriever, drafter: Collaborator,

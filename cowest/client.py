@@ -21,11 +21,20 @@ Failures (each request sent is one row of the ledger, see [`cowest.ledger.Ledger
   up to `max_retries` times; HTTP 429/503 wait at least what `Retry-After` says. Other 4xx
   (bad request, wrong key, unknown model) are not retried. When the call gives up it
   raises [`StrongModelError`].
-- a reply that arrives but is unusable (not JSON, truncated, no choices, `null` content,
-  empty or blank text) is a failed attempt too: it is retried the same way, and if the
-  last attempt is still unusable the call returns a `Completion` whose `ok` is False
-  (`error` says why, `text` is `""`). Such a reply is never cached, so a rerun sends
-  exactly the failed requests again and never the answered ones.
+- a reply that arrives but is unusable (not JSON, truncated, no choices, `null` content)
+  is a failed attempt too: it is retried the same way, and if the last attempt is still
+  unusable the call returns a `Completion` whose `ok` is False (`error` says why, `text`
+  is `""`). Such a reply is never cached, so a rerun sends exactly the failed requests
+  again and never the answered ones.
+- a well-formed reply whose text is empty or blank (a string text and a `finish_reason`,
+  e.g. a completion-mode model that stops at once on its stop sequence) is asked again
+  at most [`BLANK_RETRIES`] = 1 time (`min(1, max_retries)`: a flaky server may send one
+  blank reply, but a model at temperature 0 repeats itself, so more retries only cost).
+  If the retry gives text, that is the answer; if every attempt is blank (or a blank
+  reply comes on the last attempt), the blank reply is the model's answer: returned with
+  `error=None` and `blank=True` (`ok` is False: no usable text), and cached like any
+  answer, so a rerun sends nothing. The retried blank attempt is a failed request in the
+  ledger (its row's `error` says so); the accepted one is not.
 - with a budget cap, a request whose worst case (see
   [`prompt_token_bound`](cowest.ledger.prompt_token_bound) plus `max_tokens`) could pass
   the cap raises [`BudgetExceeded`](cowest.ledger.BudgetExceeded) before it is sent; each
@@ -76,6 +85,9 @@ _PLACEHOLDER_KEY = "sk-local"
 RETRY_BASE_S = 1.0
 RETRY_MAX_S = 30.0
 RETRY_AFTER_MAX_S = 120.0
+#: Retries of a well-formed blank reply, at most (and never more than `max_retries`): a
+#: model at temperature 0 gives the same blank answer again, a flaky server rarely twice.
+BLANK_RETRIES = 1
 
 
 class StrongModelError(RuntimeError):
@@ -119,7 +131,9 @@ class StrongClient:
         max_tokens / temperature / top_p: default sampling; per-call overrides exist for
             `max_tokens` and `temperature`.
         timeout_s: per-attempt HTTP timeout.
-        max_retries: retries after the first attempt (so `max_retries + 1` attempts).
+        max_retries: retries after the first attempt (so `max_retries + 1` attempts); of
+            these, at most `min(BLANK_RETRIES, max_retries)` = `min(1, max_retries)` after
+            a well-formed blank reply (see the module doc).
         concurrency: threads used by [`complete_many`] (a llama.cpp server answers one
             request at a time: for local servers, as many as there are servers).
         price_in / price_out: USD per 1M input / output tokens (for the ledger and budget).
@@ -334,12 +348,14 @@ class StrongClient:
         if hit is None:
             return None
         comp = Completion.from_cache(hit)
-        if not comp.ok:  # not written by this version (it caches valid answers only)
+        if not comp.text.strip() and not comp.blank:
+            # blank text not marked as the model's answer: written by an earlier version
+            # (this one caches answers only, a blank one with `blank` set)
             if self.cache.mode == "replay":
                 raise CacheMiss(f"replay mode is on and the cache {self.cache.path} holds only "
-                                f"an unusable (blank) answer for model {self.model!r} "
-                                f"(key {request_key(req)[:12]}); set the cache mode to "
-                                "'readwrite' to ask again.")
+                                f"an unusable blank answer (of an earlier version) for model "
+                                f"{self.model!r} (key {request_key(req)[:12]}); set the cache "
+                                "mode to 'readwrite' to ask again.")
             return None
         self.ledger.record(stage, self.model, cached=True, prompt_tokens=comp.prompt_tokens,
                            completion_tokens=comp.completion_tokens, latency_s=0.0)
@@ -361,28 +377,42 @@ class StrongClient:
         """Send one request (cache already missed): attempts, budget, ledger, cache.
 
         Each attempt is checked against the budget before it is sent and recorded in the
-        ledger before the budget hold is released; only a valid answer is cached.
+        ledger before the budget hold is released; only an answer is cached (a blank one
+        too, once asked again: see the module doc).
         """
         worst = self.worst_case_cost(req)
         n_attempts = self.max_retries + 1
+        blank_retries = min(BLANK_RETRIES, self.max_retries)
+        blanks = 0  # well-formed blank replies so far
         for attempt in range(1, n_attempts + 1):
             with self.ledger.reserve(self.model, worst):
                 # after the budget check: a refused call needs no key and starts no server
                 with self.endpoint.lease() as url:
                     out = send_once(self._sdk(url), req, timeout_s=self.timeout_s,
                                     scrub=self._scrub)
-                final = out.error is None or not out.retry or attempt == n_attempts
                 comp = out.comp
+                error = out.error
+                again = False  # a blank reply, asked again
+                if error is None and comp is not None and comp.blank:
+                    blanks += 1
+                    again = blanks <= blank_retries and attempt < n_attempts
+                    if again:
+                        error = self._scrub(
+                            f"blank reply (text {comp.text!r}, finish_reason "
+                            f"{comp.finish_reason!r}); asked again (at most {blank_retries} "
+                            "time(s)), then taken as the model's answer")
+                final = ((error is None and not again) or (error is not None and not out.retry)
+                         or attempt == n_attempts)
                 self.ledger.record(
                     stage, self.model, cached=False,
                     prompt_tokens=comp.prompt_tokens if comp is not None else 0,
                     completion_tokens=comp.completion_tokens if comp is not None else 0,
-                    latency_s=out.latency_s, error=out.error, price_in=self.price_in,
+                    latency_s=out.latency_s, error=error, price_in=self.price_in,
                     price_out=self.price_out,
                     cost_usd={"usage": None, "worst": worst, "none": 0.0}[out.charge],
                     attempt=attempt, final=final)
-            if out.error is None and comp is not None:
-                self.cache.put(req, comp.to_cache())
+            if out.error is None and comp is not None and not again:
+                self.cache.put(req, comp.to_cache())  # an answer, blank or not
                 return comp
             if final:
                 break
@@ -438,9 +468,10 @@ class StrongClient:
             seed: sampling seed sent to the server.
 
         Returns:
-            The answer; when every attempt got an unusable reply (not JSON, truncated,
-            `null` or blank text) a Completion with `ok` False and `error` set (not
-            cached).
+            The answer; when every attempt got an unusable reply (not JSON, truncated, no
+            choices, `null` content) a Completion with `ok` False and `error` set (not
+            cached). A well-formed blank reply, given again when asked once more, is the
+            answer: `blank` True, `error` None, `ok` False, cached.
 
         Raises:
             CacheMiss: replay mode and no cached answer.
@@ -498,17 +529,18 @@ class StrongClient:
                 else:
                     todo.append(i)
             if todo:
-                errors = 0
+                errors = blanks = 0
                 ex = ThreadPoolExecutor(self.concurrency, thread_name_prefix=f"strong-{self.name}")
                 try:
                     futures = {ex.submit(self._call, reqs[i], stage): i for i in todo}
                     for fut in as_completed(futures):
                         comp = fut.result()
                         results[futures[fut]] = comp
-                        errors += not comp.ok
+                        errors += comp.error is not None  # a blank answer is no error
+                        blanks += comp.blank
                         bar.update(1)
-                        if errors:
-                            bar.set_postfix(errors=errors, refresh=False)
+                        if errors or blanks:
+                            bar.set_postfix(errors=errors, blank=blanks, refresh=False)
                 finally:
                     ex.shutdown(wait=True, cancel_futures=True)
         out: list[Completion] = []

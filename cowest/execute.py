@@ -24,7 +24,7 @@ from cowest import assets, paths, prompts
 from cowest.config import Profile, load_profile
 from cowest.notebooks import NOTEBOOKS, QUIET_ENV, Notebook
 from cowest.report import write_index
-from cowest.artifacts import JOURNAL, read_json, read_jsonl, write_json
+from cowest.artifacts import JOURNAL, atomic_write_text, read_json, read_jsonl, write_json
 
 PACKAGES = ["torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "openai",
             "llama_cpp_python", "papermill", "bm25s", "pandas", "matplotlib", "seaborn", "pydantic"]
@@ -88,8 +88,10 @@ class _Activity:
 
     def since_mark(self) -> dict[str, Any]:
         events = read_jsonl(self.journal)[self.lines:] if self.journal.exists() else []
-        built = [e["kind"] for e in events if e["event"] == "built"]
+        built = [e["kind"] for e in events if e["event"] in ("built", "incomplete")]
+        unfinished = [e["kind"] for e in events if e["event"] == "incomplete"]
         return {"stages_built": {k: built.count(k) for k in sorted(set(built))},
+                "stages_unfinished": {k: unfinished.count(k) for k in sorted(set(unfinished))},
                 "stages_reused": sum(e["event"] == "reused" for e in events),
                 "strong_requests_sent": self._sent() - self.sent}
 
@@ -147,6 +149,7 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
                 f"{nb.file} failed in cell {e.exec_count}: {error}\n"
                 f"The rendered notebook with the traceback is {_param_path(target)}"
             ) from None
+        _strip_machine_paths(target)
         done = activity.since_mark()
         manifest["notebooks"][nb.file] = {"status": "ok", "seconds": round(time.time() - t0, 1), **done}
         print(f"[cowest]   {time.time() - t0:.0f} s; stages built {done['stages_built'] or 'none'}, "
@@ -156,6 +159,18 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
     manifest["total_seconds"] = round(sum(v["seconds"] for v in manifest["notebooks"].values()), 1)
     _finish(manifest, manifest_path, out_dir)
     return manifest_path
+
+
+def _strip_machine_paths(nb_path: Path) -> None:
+    """papermill records the absolute input and output paths: keep them repository-relative."""
+    import json
+
+    data = json.loads(nb_path.read_text(encoding="utf-8"))
+    meta = data.get("metadata", {}).get("papermill", {})
+    for k in ("input_path", "output_path"):
+        if meta.get(k):
+            meta[k] = _param_path(Path(meta[k]))
+    atomic_write_text(nb_path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def _scrub(text: str, cfg: Profile) -> str:

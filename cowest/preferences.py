@@ -288,7 +288,7 @@ def mine(
             deltas = [None if r is None or zs is None else r - zs for r in rs]
         else:
             deltas = list(rs)  # RLWF: the drafts' own scores
-        failed += (zs is None) + sum(d is None for d in deltas)
+        failed += (zs is None) + sum(r is None for r in rs)  # replies that failed, each once
         scored = [(d, x) for d, x in zip(ds, deltas) if x is not None]
         make = make_pairs if collaborator is not None else make_single_feedback_pairs
         qp = make(e.id, p, [d for d, _ in scored], [x for _, x in scored], pairing=pairing, max_pairs=max_pairs,

@@ -2,7 +2,9 @@
 
 - [`Completion`]: one answer (text, token counts, log-probabilities, cached or not, error).
 - [`parse_reply`]: a reply body as a Completion; an unusable reply (not JSON, truncated, no
-  choices, `null` content, empty or blank text) is one whose `error` says why.
+  choices, `null` content) is one whose `error` says why. A well-formed reply whose text is
+  empty or blank is not an error: it is marked [`Completion.blank`] (the client asks again
+  at most once, then takes it as the model's answer).
   [`parse_logprobs`] reads token log-probabilities of either reply shape.
 - [`send_once`]: one HTTP request through the `openai` SDK, and what it gave as an
   [`Attempt`]: an answer, an unusable reply, or a failure, classified: worth a retry or
@@ -104,11 +106,13 @@ class Completion:
     """One answer of the strong model.
 
     A completion is usable when [`ok`](Completion.ok): no `error` and some non-blank
-    text. The client never returns an unusable one as if it were an answer, and never
-    caches one.
+    text. The client never returns an unusable one (`error` set) as if it were an answer,
+    and never caches one. A `blank` answer is neither: the model answered, with nothing
+    (not `ok`, but not an error either; cached like any answer).
 
     Args:
-        text: the generated text (`""` when `error` is set).
+        text: the generated text (`""` when `error` is set; as received, empty or blank,
+            when `blank`).
         prompt_tokens / completion_tokens: token counts reported by the server (estimated
             as `len(text)/4` when the server reports no usage; the ledger then charges the
             request at its worst case).
@@ -117,11 +121,15 @@ class Completion:
         top_logprobs: per generated token, `{token: logprob}` of the most likely
             alternatives (when `top_logprobs > 0` was asked), else `None`.
         cached: answered from the cache (no request was sent).
-        error: why the reply is unusable (malformed, truncated, `null` or blank text,
-            after every retry), else `None`.
+        error: why the reply is unusable (malformed, truncated, no choices, `null`
+            content, after every retry), else `None`.
         latency_s: seconds of the successful HTTP attempt (0 for a cache hit; as it was
             measured when first asked, in `original_latency_s`).
         finish_reason: as reported (`"stop"`, `"length"`, ...).
+        blank: a well-formed reply (a string text and a `finish_reason`) whose text is
+            empty or only whitespace, given again when asked again: the model's answer,
+            with `error` `None` (e.g. a completion-mode model stopping at once on its stop
+            sequence).
     """
 
     text: str
@@ -134,10 +142,12 @@ class Completion:
     top_logprobs: list[dict[str, float]] | None = None
     finish_reason: str | None = None
     original_latency_s: float | None = None
+    blank: bool = False
 
     @property
     def ok(self) -> bool:
-        """A usable answer: no error, and text that is not empty or only whitespace."""
+        """A usable answer: no error, and text that is not empty or only whitespace (a
+        [`blank`](Completion.blank) answer is not ok, and not an error either)."""
         return self.error is None and bool(self.text.strip())
 
     def to_cache(self) -> dict[str, Any]:
@@ -158,6 +168,7 @@ class Completion:
             top_logprobs=d.get("top_logprobs"),
             finish_reason=d.get("finish_reason"),
             original_latency_s=d.get("original_latency_s"),
+            blank=bool(d.get("blank", False)),
             cached=True,
             latency_s=0.0,
         )
@@ -184,7 +195,11 @@ def _int(v: Any) -> int:
 def parse_reply(body: bytes, req: Mapping[str, Any], latency: float,
                 scrub: Callable[[str], str]) -> tuple[Completion, bool]:
     """A reply body as a Completion (unusable replies set `error`), and whether the
-    server reported its usage. `scrub` hides the API key in every message."""
+    server reported its usage. `scrub` hides the API key in every message.
+
+    A well-formed reply (a string text or message content and a string `finish_reason`)
+    whose text is empty or blank is a Completion with `blank=True` and no `error`; blank
+    text without a `finish_reason` (the generation may not have ended) is unusable."""
     def excerpt(text: str, n: int) -> str:  # scrubbed first, so no key is cut in half
         return scrub(text)[:n]
 
@@ -219,8 +234,10 @@ def parse_reply(body: bytes, req: Mapping[str, Any], latency: float,
         text = choice.get("text")
     if not isinstance(text, str):
         return bad(f"malformed reply: content is {text!r}", pt, ct)
-    if not text.strip():
-        return bad(f"empty reply (blank text {text!r})", pt, ct)
+    finish = choice.get("finish_reason")
+    blank = not text.strip()
+    if blank and not isinstance(finish, str):
+        return bad(f"empty reply (blank text {text!r}, finish_reason {finish!r})", pt, ct)
     usage_reported = pt is not None and ct is not None
     if pt is None:
         pt = estimate_tokens(_prompt_text(req))
@@ -229,8 +246,8 @@ def parse_reply(body: bytes, req: Mapping[str, Any], latency: float,
     lp, top = parse_logprobs(choice.get("logprobs")) if req.get("logprobs") else (None, None)
     return Completion(text=text, prompt_tokens=int(pt), completion_tokens=int(ct),
                       logprobs=lp, top_logprobs=top if req.get("top_logprobs") else None,
-                      finish_reason=choice.get("finish_reason"), latency_s=latency,
-                      original_latency_s=latency), usage_reported
+                      finish_reason=finish, latency_s=latency,
+                      original_latency_s=latency, blank=blank), usage_reported
 
 
 def _prompt_text(req: Mapping[str, Any]) -> str:
@@ -272,7 +289,8 @@ def parse_logprobs(lp: Any) -> tuple[list[tuple[str, float | None]] | None,
 
 @dataclass
 class Attempt:
-    """What one HTTP request gave: a reply (maybe unusable) or an error, and its cost rule."""
+    """What one HTTP request gave: a reply (maybe unusable, maybe `blank`: see
+    `comp.blank`, which the client may ask again) or an error, and its cost rule."""
 
     comp: Completion | None
     error: str | None

@@ -71,13 +71,16 @@ def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
     """Paired bootstrap and McNemar of two Results on the same items (a minus b)."""
     from cowest.metrics import mcnemar, paired_bootstrap
 
-    ids_a = [r["id"] for r in a.rows]
-    if ids_a != [r["id"] for r in b.rows]:
-        raise ValueError("paired comparison needs the same items in the same order")
-    pb = paired_bootstrap(a.scores, b.scores, seed=seed)
-    mc = mcnemar([s >= 1.0 for s in a.scores], [s >= 1.0 for s in b.scores])
-    return {"a": a.method, "b": b.method, "task": a.task, **{f"bootstrap_{k}": v for k, v in pb.items()},
-            **{f"mcnemar_{k}": v for k, v in mc.items()}}
+    b_score = {r["id"]: r["score"] for r in b.rows}
+    # the items both answered (a failed call is left out of a Result's rows, not scored as wrong)
+    pairs = [(r["score"], b_score[r["id"]]) for r in a.rows if r["id"] in b_score]
+    if not pairs:
+        raise ValueError(f"paired comparison of {a.method} and {b.method}: no item answered by both")
+    sa, sb = [p[0] for p in pairs], [p[1] for p in pairs]
+    pb = paired_bootstrap(sa, sb, seed=seed)
+    mc = mcnemar([s >= 1.0 for s in sa], [s >= 1.0 for s in sb])
+    return {"a": a.method, "b": b.method, "task": a.task, "paired items": len(pairs),
+            **{f"bootstrap_{k}": v for k, v in pb.items()}, **{f"mcnemar_{k}": v for k, v in mc.items()}}
 
 
 def refinement_breakdown(task: Any, items: Sequence[Any], result: Any) -> dict[str, Any]:

@@ -275,3 +275,25 @@ def test_read_jsonl_names_the_line_of_bytes_that_are_not_utf8(tmp_path):
     path.write_bytes(b'{"a": 1}\n\n{"a": "\xff"}\n')
     with pytest.raises(ArtifactError, match=r"rows\.jsonl, line 3: not UTF-8 text"):
         read_jsonl(path)
+
+
+def test_two_processes_asking_for_one_stage_build_it_once(tmp_path):
+    """The build lock: the second process waits, then reuses what the first built."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from cowest.artifacts import Store
+        def build(folder):
+            time.sleep(1.5)
+            with open({str(tmp_path / "builds.txt")!r}, "a") as f:
+                f.write("x")
+            (folder / "out.json").write_text("{{}}")
+        Store(Path({str(tmp_path / "runs")!r})).stage("s", 1, build, outputs=["out.json"])
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert (tmp_path / "builds.txt").read_text() == "x"

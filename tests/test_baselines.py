@@ -33,7 +33,9 @@ def test_retrieval_triggers_exactly_below_threshold_and_masks_the_token():
 
 @dataclass
 class ScriptedClient:
-    """Answers with scripted log-probabilities; records the prompts it got."""
+    """Answers with scripted log-probabilities; records the prompts it got. A reply
+    `(text, probs, error)` is a failed call as the client returns it: `error` set, no text,
+    no log-probabilities."""
 
     replies: list
     mode: str = "chat"
@@ -43,7 +45,10 @@ class ScriptedClient:
     def complete(self, prompt, *, stage, **kw):
         self.prompts.append(prompt)
         self.kwargs.append(kw)
-        text, probs = self.replies[min(len(self.prompts) - 1, len(self.replies) - 1)]
+        text, probs, *error = self.replies[min(len(self.prompts) - 1, len(self.replies) - 1)]
+        if error:
+            return Completion(text="", prompt_tokens=1, completion_tokens=0, logprobs=None,
+                              error=error[0])
         return Completion(text=text, prompt_tokens=1, completion_tokens=len(probs),
                           logprobs=[(t, lp(p)) for t, p in probs], cached=False, error=None, latency_s=0.0)
 
@@ -98,6 +103,66 @@ def test_flare_lookahead_without_retrieval_answers_the_standalone_prompt():
     out = fl.answer(ex, stage="t")
     assert out["retrievals"] == 0 and len(probe.prompts) == 1
     assert writer.prompts == [Collaborator(task, writer).alone_prompt(ex)]  # = the strong-alone call (cache hit)
+
+
+FAILED = ("", [], "empty reply (blank text '', finish_reason None) (after 3 attempt(s))")
+
+
+def _flare(task, probe, writer=None, *, lookahead=8):
+    return Flare(Collaborator(task, probe), Retriever(task.corpus()), threshold=0.4, top_k=2, max_steps=3,
+                 lookahead_tokens=lookahead, answerer=Collaborator(task, writer) if writer else None)
+
+
+def test_a_failed_first_lookahead_is_the_items_error_not_confidence():
+    """A look-ahead reply with an error has no log-probabilities: it must not pass for
+    "confident" (which would store a no-retrieval answer for good)."""
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    probe, writer = ScriptedClient([FAILED]), ScriptedClient([("Answer: 10", [])])
+    out = _flare(task, probe, writer).answer(ex, stage="t")
+    assert out["error"] and "look-ahead pass 1" in out["error"] and FAILED[2] in out["error"]
+    assert out["text"] == "" and out["retrievals"] == 0 and len(probe.prompts) == 1
+    assert writer.prompts == []  # no answer written from an unjudged look-ahead
+
+
+def test_a_failed_later_lookahead_is_the_items_error():
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    unsure = ("Reasoning: Brim", [("Reasoning", 0.9), (":", 0.9), (" Brim", 0.1)])
+    probe, writer = ScriptedClient([unsure, FAILED]), ScriptedClient([("Answer: 10", [])])
+    out = _flare(task, probe, writer).answer(ex, stage="t")
+    assert "look-ahead pass 2" in out["error"] and out["retrievals"] == 1 and writer.prompts == []
+    # the rows of the evaluation stage carry it: the pipeline leaves the stage unfinished
+    rows = run_flare(FlareSpec(threshold=0.4, top_k=2, max_steps=3, lookahead_tokens=8), [ex],
+                     retriever=Retriever(task.corpus()), drafter=Collaborator(task, ScriptedClient([unsure, FAILED])),
+                     answerer=Collaborator(task, ScriptedClient([("Answer: 10", [])])), stage="t")
+    assert rows[0]["error"] and "look-ahead pass 2" in rows[0]["error"] and rows[0]["final"] == ""
+
+
+def test_a_failed_answer_in_lookahead_mode_is_the_items_error():
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    probe = ScriptedClient([("Reasoning:", [("Reasoning", 0.9), (":", 0.95)])])
+    out = _flare(task, probe, ScriptedClient([FAILED])).answer(ex, stage="t")
+    assert "FLARE answer" in out["error"] and FAILED[2] in out["error"] and out["retrievals"] == 0
+
+
+@pytest.mark.parametrize("script", [[FAILED], [("Answer: 3", [(" 3", 0.1)]), FAILED]], ids=["first", "second"])
+def test_a_failed_pass_in_whole_answer_mode_is_the_items_error(script):
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    client = ScriptedClient(script)
+    out = _flare(task, client, lookahead=None).answer(ex, stage="t")
+    assert out["error"] and FAILED[2] in out["error"] and out["text"] == ""
+    assert len(client.prompts) == len(script) and out["retrievals"] == len(script) - 1
+
+
+def test_a_successful_item_has_no_error():
+    task = get_task("synth_ifqa")
+    ex = task.load("test", 1, 0)[0]
+    probe = ScriptedClient([("Reasoning:", [("Reasoning", 0.9), (":", 0.95)])])
+    assert _flare(task, probe, ScriptedClient([("Answer: 10", [])])).answer(ex, stage="t")["error"] is None
+    assert _flare(task, probe, lookahead=None).answer(ex, stage="t")["error"] is None
 
 
 class ByPromptClient:

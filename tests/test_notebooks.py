@@ -59,7 +59,9 @@ def test_smoke_profile_runs_every_notebook_and_writes_every_artifact(tmp_path):
         outputs = _outputs(nb)
         assert not [o for o in outputs if o.get("output_type") == "error"], f"{nb.name} has an error cell"
         assert not [o for o in outputs if o.get("name") == "stderr"], f"{nb.name} shows stderr (progress or warnings)"
-        text = json.dumps(outputs)
+        papermill = dict(json.loads(nb.read_text())["metadata"]["papermill"])
+        papermill.pop("parameters")  # they name tmp_path here, a results root outside the repository (tests only)
+        text = json.dumps([outputs, papermill])
         assert not [p for p in machine_paths if p in text], f"{nb.name} shows a machine path"
     assert (root / "README.md").exists()
     # the whole chain ran: some task's CoWest pairs reached DPO, and that model was evaluated

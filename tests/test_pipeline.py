@@ -261,6 +261,9 @@ def test_a_failed_reply_is_never_scored_and_leaves_the_stage_unfinished(run, mon
     assert all(r["deltas"][0] is None for r in prefs["records"])
     assert prefs["pairs"] == []  # the remaining drafts are all wrong: a failure never makes a "worse" draft
     calls = len(strong.calls)
+    assert run.preferences(_ckpt(run))["stats"] == prefs["stats"]  # the same run sees the same result
+    assert len(strong.calls) == calls
+    rerun = Pipeline(run.cfg, results=run.root.parent)  # the next run retries the unfinished stage
     with pytest.warns(UserWarning):
-        run.preferences(_ckpt(run))  # not finished: the next call builds it again
+        rerun.preferences(_ckpt(rerun))
     assert len(strong.calls) == 2 * calls

@@ -92,3 +92,14 @@ def test_paper_numbers_live_in_the_yaml_only():
     cfg = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = cfg["tool"]["setuptools"]["package-data"]["cowest"]
     assert any(fnmatch.fnmatch("tasks/paper_numbers.yaml", pat) for pat in patterns)
+
+
+def test_paired_comparison_pairs_the_items_both_answered():
+    from cowest import report
+
+    a = Result("cowest", "t", [{"id": str(i), "score": 1.0} for i in range(6)], {})
+    b = Result("sft", "t", [{"id": str(i), "score": 0.0} for i in range(6) if i != 2], {})  # item 2 failed for b
+    out = report.paired_comparison(a, b)
+    assert out["paired items"] == 5 and out["bootstrap_diff"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no item answered by both"):
+        report.paired_comparison(a, Result("x", "t", [], {}))
