@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CoWest reproduction: set up the environment on first use, then run the pipeline.
 #
-#   ./reproduce.sh [--profile NAME|PATH.yaml] [--only N] [--from N] [--force] [--dry-run]
+#   ./reproduce.sh [--profile NAME|PATH.yaml] [--set KEY=VALUE]... [--only N] [--from N] [--force] [--dry-run]
 #   ./reproduce.sh test [PYTEST ARGS...]     run the test suite
 #   ./reproduce.sh lab                       open JupyterLab on notebooks/ with the project kernel
 #   ./reproduce.sh setup                     only create/update the environment and models
@@ -13,14 +13,15 @@ VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
 
 usage() {
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
   cat <<'EOF'
 
 Options for a run:
   --profile NAME|PATH   smoke | tiny (default) | paper, or a YAML file of your own
+  --set KEY=VALUE       override a profile value, checked like the file (e.g. --set collab.k=8)
   --only N              run only notebook N (e.g. --only 5)
   --from N              start at notebook N (earlier stages are reused from disk)
-  --force               redo stages that finished before (default: reuse them)
+  --force               rebuild every stage once (default: reuse finished stages)
   --dry-run             print the planned model calls, tokens and cost; run nothing
 Results land in results/<profile>/ (notebooks/, tables/, figures/, manifest.json).
 Environment: .venv/ in this folder; models and caches: $COWEST_HOME (default .cowest/).

@@ -30,10 +30,10 @@ Failures (each request sent is one row of the ledger, see [`cowest.ledger.Ledger
   e.g. a completion-mode model that stops at once on its stop sequence) is asked again
   at most [`BLANK_RETRIES`] = 1 time (`min(1, max_retries)`: a flaky server may send one
   blank reply, but a model at temperature 0 repeats itself, so more retries only cost).
-  If the retry gives text, that is the answer; if every attempt is blank (or a blank
-  reply comes on the last attempt), the blank reply is the model's answer: returned with
-  `error=None` and `blank=True` (`ok` is False: no usable text), and cached like any
-  answer, so a rerun sends nothing. The retried blank attempt is a failed request in the
+  If the retry gives text, that is the answer (a failed retry is handled as above); if
+  it is blank again (or a blank reply comes on the last attempt), that is the model's
+  answer: returned with `error=None` and `blank=True` (`ok` is False: no usable text),
+  and cached like any answer, so a rerun sends nothing. The retried blank attempt is a failed request in the
   ledger (its row's `error` says so); the accepted one is not.
 - with a budget cap, a request whose worst case (see
   [`prompt_token_bound`](cowest.ledger.prompt_token_bound) plus `max_tokens`) could pass
@@ -401,8 +401,8 @@ class StrongClient:
                             f"blank reply (text {comp.text!r}, finish_reason "
                             f"{comp.finish_reason!r}); asked again (at most {blank_retries} "
                             "time(s)), then taken as the model's answer")
-                final = ((error is None and not again) or (error is not None and not out.retry)
-                         or attempt == n_attempts)
+                final = not again and (out.error is None or not out.retry
+                                       or attempt == n_attempts)
                 self.ledger.record(
                     stage, self.model, cached=False,
                     prompt_tokens=comp.prompt_tokens if comp is not None else 0,
@@ -470,8 +470,9 @@ class StrongClient:
         Returns:
             The answer; when every attempt got an unusable reply (not JSON, truncated, no
             choices, `null` content) a Completion with `ok` False and `error` set (not
-            cached). A well-formed blank reply, given again when asked once more, is the
-            answer: `blank` True, `error` None, `ok` False, cached.
+            cached). A well-formed blank reply that stays blank through its
+            `min(1, max_retries)` retry is the answer: `blank` True, `error` None, `ok`
+            False, cached.
 
         Raises:
             CacheMiss: replay mode and no cached answer.

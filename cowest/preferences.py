@@ -235,7 +235,7 @@ def summarize(records: Sequence[dict[str, Any]], pairs: Sequence[Pair]) -> dict[
 def _score_completions(evaluator: Evaluator, task: Task, examples: Sequence[Example], replies: Sequence[Any],
                        stage: str) -> list[float | None]:
     """Scores of strong-model replies; None for a failed reply (a failure is never a wrong answer)."""
-    ok = [i for i, c in enumerate(replies) if c.error is None and c.text.strip()]
+    ok = [i for i, c in enumerate(replies) if c.error is None]  # a blank answer is the model's: it is scored
     scores = evaluator.score(task, [examples[i] for i in ok], [replies[i].text for i in ok], stage=stage)
     out: list[float | None] = [None] * len(replies)
     for i, sc in zip(ok, scores):

@@ -126,10 +126,10 @@ class Completion:
         latency_s: seconds of the successful HTTP attempt (0 for a cache hit; as it was
             measured when first asked, in `original_latency_s`).
         finish_reason: as reported (`"stop"`, `"length"`, ...).
-        blank: a well-formed reply (a string text and a `finish_reason`) whose text is
-            empty or only whitespace, given again when asked again: the model's answer,
-            with `error` `None` (e.g. a completion-mode model stopping at once on its stop
-            sequence).
+        blank: the reply was well-formed (a string text and a `finish_reason`) but its
+            text is empty or only whitespace. Returned by the client (with `error` `None`)
+            once the `min(1, max_retries)` retry was blank too: the model's answer (e.g. a
+            completion-mode model that stops at once on its stop sequence).
     """
 
     text: str

@@ -53,14 +53,20 @@ FAULTS: dict[str, tuple[dict[str, Any], str]] = {
     "empty-content": ({"text": ""}, "usage"),
     "null-content": ({"content": None}, "usage"),
     "blank-text": ({"text": " \n\t "}, "usage"),
+    "blank-unfinished": ({"choices": [{"index": 0, "message": {"content": ""},
+                                       "finish_reason": None}]}, "usage"),
     "no-choices": ({"choices": []}, "usage"),
     "truncated-response": ({"truncate": True}, "worst"),
     "truncated-json": ({"body": b'{"id": "x", "choices": [{"message": {"content": "Par'},
                        "worst"),
 }
 #: faults that are a reply (the server answered, unusably): the call returns not-ok
-REPLY_FAULTS = {"malformed-json", "html-page", "empty-content", "null-content", "blank-text",
+REPLY_FAULTS = {"malformed-json", "html-page", "null-content", "blank-unfinished",
                 "no-choices", "truncated-json"}
+#: well-formed blank replies: a failure once (asked again), the model's answer if repeated
+BLANK_FAULTS = {"empty-content", "blank-text"}
+#: faults that stay failures however often they come
+FAILURES = [n for n in FAULTS if n not in BLANK_FAULTS]
 
 
 @pytest.fixture
@@ -134,7 +140,7 @@ def test_a_transient_fault_is_retried_recorded_and_never_resent(fake, tmp_path, 
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", list(FAULTS))
+@pytest.mark.parametrize("name", FAILURES)
 def test_a_persistent_fault_fails_cleanly_and_a_rerun_resends_only_it(fake, tmp_path, name):
     action, kind = FAULTS[name]
     fake.rule("TARGET", action)
@@ -171,6 +177,49 @@ def test_a_persistent_fault_fails_cleanly_and_a_rerun_resends_only_it(fake, tmp_
     assert [o.ok for o in out] == [True, True] and out[0].cached and not out[1].cached
     assert (sent(fake, "good A"), sent(fake, "TARGET")) == (1, 2 * attempts + 1)
     assert len(c.cache) == 2
+
+
+# ---------------------------------------------------------------------------------------
+# a persistent well-formed blank reply: the model's answer after one retry, cached
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(BLANK_FAULTS))
+def test_a_persistent_blank_reply_is_an_answer_after_one_retry_and_never_resent(
+        fake, tmp_path, name):
+    action, kind = FAULTS[name]
+    fake.rule("TARGET", action)
+    db = tmp_path / "cache.sqlite"
+    c = client(fake.base_url, db)
+    prompts = ["good A", "TARGET question"]
+    out = c.complete_many(prompts, stage="f")
+    assert out[0].ok and not out[1].ok  # no usable text...
+    assert out[1].error is None and out[1].blank and out[1].text == action["text"]  # ...an answer
+    assert (sent(fake, "good A"), sent(fake, "TARGET")) == (1, 2)  # min(1, max_retries) retry
+    rows = [r for r in c.ledger.calls("f") if r["attempt"] > 1 or r["error"] is not None]
+    assert [(r["attempt"], r["final"], r["error"] is None) for r in rows] == [
+        (1, 0, False), (2, 1, True)]
+    assert "blank reply" in rows[0]["error"]
+    assert [r["cost_usd"] for r in rows] == pytest.approx([charge(kind, c, "TARGET")] * 2)
+    s = c.ledger.summary("f")[0]
+    assert (s["calls"], s["requests"], s["failed_requests"], s["errors"]) == (2, 3, 1, 0)
+    assert len(c.cache) == 2  # cached like any answer
+    # a rerun sends nothing, whether the server still answers blank or not
+    for healed in (False, True):
+        if healed:
+            fake.rules.clear()
+        again = client(fake.base_url, db).complete_many(prompts, stage="g")
+        assert all(o.cached for o in again) and again[1].blank and again[1].error is None
+        assert (sent(fake, "good A"), sent(fake, "TARGET")) == (1, 2)
+
+
+def test_null_content_is_no_blank_answer_and_a_rerun_resends_it(fake, tmp_path):
+    fake.rule("TARGET", {"content": None})
+    db = tmp_path / "cache.sqlite"
+    out = client(fake.base_url, db).complete("TARGET", stage="f")
+    assert out.error and not out.blank and sent(fake, "TARGET") == MAX_RETRIES + 1
+    assert not client(fake.base_url, db).complete("TARGET", stage="f").ok
+    assert sent(fake, "TARGET") == 2 * (MAX_RETRIES + 1)
 
 
 # ---------------------------------------------------------------------------------------

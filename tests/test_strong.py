@@ -312,42 +312,105 @@ def test_connection_refused_gives_a_clear_error(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# malformed and empty replies
+# malformed, null and blank replies
 # ---------------------------------------------------------------------------------------
 
 
-def test_malformed_and_empty_replies_are_retried_then_returned_not_ok_never_cached(fake, tmp_path):
-    fake.rule("EMPTY", {"text": ""})
-    fake.rule("BLANK", {"text": " \n\t "})
+def test_malformed_and_null_replies_are_retried_then_returned_not_ok_never_cached(fake, tmp_path):
     fake.rule("NULL", {"content": None})
     fake.rule("NOCHOICE", {"choices": []})
     fake.rule("NOTJSON", {"body": b"<html>Bad gateway</html>"})
     fake.rule("HTMLTYPE", {"body": b"oops", "headers": {"Content-Type": "text/html"}})
+    fake.rule("UNFINISHED", {"choices": [{"index": 0, "message": {"content": ""}}]})
     c = make(fake, tmp_path, concurrency=2, max_retries=2)
-    prompts = ["ok 1", "EMPTY", "NULL", "ok 2", "NOCHOICE", "NOTJSON", "HTMLTYPE", "BLANK"]
+    prompts = ["ok 1", "NULL", "ok 2", "NOCHOICE", "NOTJSON", "HTMLTYPE", "UNFINISHED"]
     out = c.complete_many(prompts, stage="collab")
-    assert [o.ok for o in out] == [True, False, False, True, False, False, False, False]
-    assert all(o.text == "" and o.error for o in out if not o.ok)
-    assert "empty" in out[1].error and "None" in out[2].error and "empty" in out[7].error
-    assert "no choices" in out[4].error and "not JSON" in out[5].error
+    assert [o.ok for o in out] == [True, False, True, False, False, False, False]
+    assert all(o.text == "" and o.error and not o.blank for o in out if not o.ok)
+    assert "None" in out[1].error and "no choices" in out[3].error and "not JSON" in out[4].error
+    assert "empty" in out[6].error and "finish_reason None" in out[6].error  # blank, unfinished
     assert all("3 attempt(s)" in o.error for o in out if not o.ok)
     # each bad reply was asked 1 + max_retries times, each good one once
-    assert len(fake.posts()) == 2 + 6 * 3
+    assert len(fake.posts()) == 2 + 5 * 3
     s = c.ledger.summary("collab")[0]
-    assert (s["calls"], s["errors"], s["requests"], s["failed_requests"]) == (8, 6, 20, 18)
+    assert (s["calls"], s["errors"], s["requests"], s["failed_requests"]) == (7, 5, 17, 15)
     assert len(c.cache) == 2
     # a rerun sends exactly the failed requests again (each with its retries), none of the
     # answered ones
     n = len(fake.posts())
     c.complete_many(prompts, stage="collab")
     again = fake.posts()[n:]
-    assert len(again) == 6 * 3
+    assert len(again) == 5 * 3
     assert not any("ok " in str(r["body"]["messages"]) for r in again)
     # once the server is healthy, the failed ones are answered and then cached
     fake.rules.clear()
     n = len(fake.posts())
     assert all(o.ok for o in c.complete_many(prompts, stage="collab"))
-    assert len(fake.posts()) == n + 6 and len(c.cache) == 8
+    assert len(fake.posts()) == n + 5 and len(c.cache) == 7
+
+
+@pytest.mark.parametrize("max_retries", [2, 0])
+def test_a_persistent_blank_reply_is_the_models_answer_asked_once_more_then_cached(
+        fake, tmp_path, max_retries):
+    """A deterministic model that stops at once (a blank, well-formed reply) must not leave
+    its stage unfinishable: asked again min(1, max_retries) time(s), then an answer."""
+    fake.rule("EMPTY", {"text": ""})
+    fake.rule("BLANK", {"text": " \n\t "})
+    c = make(fake, tmp_path, concurrency=2, max_retries=max_retries)
+    prompts = ["ok 1", "EMPTY", "BLANK"]
+    out = c.complete_many(prompts, stage="collab")
+    tries = 1 + min(1, max_retries)
+    assert [o.ok for o in out] == [True, False, False]  # no usable text...
+    assert [o.error for o in out] == [None, None, None]  # ...but no failure either
+    assert [o.blank for o in out] == [False, True, True]
+    assert (out[1].text, out[2].text) == ("", " \n\t ") and out[1].finish_reason == "stop"
+    assert [sum(w in p for p in fake.prompts()) for w in prompts] == [1, tries, tries]
+    s = c.ledger.summary("collab")[0]
+    assert (s["calls"], s["errors"], s["requests"], s["failed_requests"]) == (
+        3, 0, 1 + 2 * tries, 2 * (tries - 1))
+    blank_rows = [r for r in c.ledger.calls("collab") if r["error"] is not None]
+    assert all("blank reply" in r["error"] and r["final"] == 0 for r in blank_rows)
+    assert len(c.cache) == 3  # cached like any answer
+    # a rerun sends nothing: the blank answers come from the cache, still blank
+    n = len(fake.posts())
+    again = make(fake, tmp_path, max_retries=max_retries).complete_many(prompts, stage="collab")
+    assert len(fake.posts()) == n and all(o.cached for o in again)
+    assert [(o.blank, o.error, o.text) for o in again] == [(o.blank, None, o.text) for o in out]
+    replay = make(fake, tmp_path, cache_mode="replay")
+    assert replay.complete("BLANK", stage="r").blank and len(fake.posts()) == n
+
+
+def test_a_transient_blank_reply_then_text_is_a_normal_answer(fake, tmp_path):
+    fake.rule("FLAKY", {"text": "  "}, times=1)
+    c = make(fake, tmp_path, max_retries=2)
+    out = c.complete("FLAKY", stage="t")
+    assert out.ok and not out.blank and out.text == "echo: FLAKY" and len(fake.posts()) == 2
+    rows = c.ledger.calls()
+    assert [(r["attempt"], r["final"], r["error"] is None) for r in rows] == [
+        (1, 0, False), (2, 1, True)]
+    assert c.complete("FLAKY", stage="t").cached and len(fake.posts()) == 2
+
+
+def test_a_blank_reply_after_a_failed_one_still_gets_its_one_retry(fake, tmp_path):
+    fake.push({"body": b"<html>Bad gateway</html>"}, {"text": ""}, {"text": ""}, {"text": ""})
+    c = make(fake, tmp_path, max_retries=3)
+    out = c.complete("hi", stage="t")
+    assert out.blank and out.error is None and len(fake.posts()) == 3  # bad, blank, blank
+    # a blank on the last attempt is the answer (no attempt left to ask again)
+    fake.script.clear()
+    fake.push({"body": b"oops"}, {"text": " "})
+    c2 = make(fake, tmp_path / "two", max_retries=1)
+    assert c2.complete("hi", stage="t").blank and len(fake.posts()) == 5
+
+
+def test_a_blank_answer_cached_by_an_earlier_version_is_asked_again(fake, tmp_path):
+    c = make(fake, tmp_path)
+    req = c.build_request("old")
+    c.cache.put(req, {"text": " ", "prompt_tokens": 1, "completion_tokens": 0})  # no `blank`
+    with pytest.raises(CacheMiss, match="unusable blank answer"):
+        make(fake, tmp_path, cache_mode="replay").complete("old", stage="t")
+    out = c.complete("old", stage="t")
+    assert out.ok and out.text == "echo: old" and len(fake.posts()) == 1
 
 
 def test_a_bad_reply_then_a_good_one_is_a_normal_answer(fake, tmp_path):
@@ -366,6 +429,25 @@ def test_completion_ok_means_usable_text():
     assert not Completion(text=" \n ").ok
     assert not Completion(text="Paris", error="x").ok
     assert not Completion(text="").ok
+    assert not Completion(text=" ", blank=True).ok  # the model's blank answer: not usable text
+    assert Completion(text="").blank is False  # the default
+
+
+def test_parse_reply_tells_a_blank_answer_from_an_unusable_reply():
+    from cowest.replies import parse_reply
+
+    req = {"endpoint": "completion", "prompt": "Q", "logprobs": False}
+
+    def parse(choice):
+        return parse_reply(json.dumps({"choices": [choice]}).encode(), req, 0.1, str)[0]
+
+    for finish in ("stop", "length"):
+        blank = parse({"text": "\n", "finish_reason": finish})
+        assert blank.blank and blank.error is None and blank.text == "\n" and not blank.ok
+    assert parse({"text": None, "finish_reason": "stop"}).error  # null content: a failure
+    assert parse({"text": " ", "finish_reason": None}).error  # unfinished blank: a failure
+    text = parse({"text": "Paris", "finish_reason": "stop"})
+    assert text.ok and not text.blank
 
 
 # ---------------------------------------------------------------------------------------
