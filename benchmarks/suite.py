@@ -115,8 +115,12 @@ for _p in (str(REPO), str(BENCH)):
 PARTS = ("matmul", "generation", "training", "strong", "notebooks")
 #: parts another part needs (run first even when not named in --only)
 NEEDS = {"training": ("matmul",)}
-VERSION_PACKAGES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes",
-                    "llama_cpp_python", "openai", "papermill", "numpy")
+
+def _versions() -> dict[str, str]:
+    from cowest.execute import versions  # the manifest's list of packages
+
+    return versions()
+
 
 FLOP_SYMBOLS = ("N = matmul weights of the decoder blocks, L*(2*d*d_att + 2*d*d_kv + 3*d*f); "
                 "V*d = LM head, on the S scored (completion) positions only (compact head); "
@@ -220,14 +224,6 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for p in VERSION_PACKAGES:
-        try:
-            out[p] = importlib.metadata.version(p)
-        except importlib.metadata.PackageNotFoundError:
-            out[p] = "not installed"
-    return out
 
 
 # --------------------------------------------------------------------------- pure parts
@@ -1012,7 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
         "suite": 1, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, "benchmarks/suite.py", *(argv if argv is not None else sys.argv[1:])]),
         "quick": ns.quick, "parts_selected": parts, "settings": dataclasses.asdict(s),
-        "machine": machine_info(), "versions": versions(), "flop_formulas": FLOP_FORMULAS, "parts": {},
+        "machine": machine_info(), "versions": _versions(), "flop_formulas": FLOP_FORMULAS, "parts": {},
     }
     log(f"{'quick' if ns.quick else 'full'} run of {', '.join(parts)}; {s.threads} torch threads; "
         f"writing to {ns.out}")

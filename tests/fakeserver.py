@@ -248,3 +248,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def process_gone(pid: int) -> bool:
+    """Whether a process has exited (a zombie, exited but not yet reaped, counts as gone)."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

@@ -219,7 +219,7 @@ def test_machine_info_and_versions(suite):
     m = suite.machine_info()
     assert m["cpu_count"] >= 1 and m["torch_threads"] >= 1 and m["cpu_model"]
     assert m["memory_gib"] is None or m["memory_gib"] > 0
-    v = suite.versions()
+    v = suite._versions()
     assert v["python"] and "torch" in v and "llama_cpp_python" in v
 
 

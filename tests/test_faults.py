@@ -27,9 +27,9 @@ from cowest.ledger import BudgetExceeded, Ledger
 from cowest.server import LocalServer, LocalServerError, ServerPool
 
 try:  # tests/ as a package, or tests/ itself on sys.path (pytest's default "prepend")
-    from tests.fakeserver import FakeOpenAI
+    from tests.fakeserver import FakeOpenAI, process_gone
 except ImportError:  # pragma: no cover
-    from fakeserver import FakeOpenAI  # type: ignore[no-redef]
+    from fakeserver import FakeOpenAI, process_gone  # type: ignore[no-redef]
 
 FAKESERVER = Path(__file__).resolve().with_name("fakeserver.py")
 REPO = Path(__file__).resolve().parent.parent
@@ -308,16 +308,6 @@ class FakeProcessServer(LocalServer):
                 str(self.serves)]
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_a_port_already_served_by_another_server_is_refused(tmp_path):
@@ -348,7 +338,7 @@ def test_our_process_must_serve_our_alias(tmp_path):
     srv = FakeProcessServer(tmp_path, serves="somebody-else", startup_timeout_s=1.5)
     with pytest.raises(LocalServerError, match=r"\['somebody-else'\].*not our alias 'ours'"):
         srv.start()
-    assert not srv.running and _gone(srv.proc.pid)
+    assert not srv.running and process_gone(srv.proc.pid)
 
 
 def test_our_process_dying_while_starting_reports_its_log(tmp_path):
@@ -375,7 +365,7 @@ def test_our_own_server_is_accepted_identified_by_its_file_and_stopped(tmp_path)
             system_prompt=None, extra_body={}, endpoint_id=srv.identity)
         assert c.complete("hello", stage="t").text == "echo: hello"
         assert c.build_request("x")["server"] == srv.identity  # not the port
-    assert not srv.running and _gone(pid)
+    assert not srv.running and process_gone(pid)
 
 
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
@@ -399,13 +389,13 @@ def test_a_server_started_from_a_worker_thread_dies_with_its_process(tmp_path, h
                              cwd=REPO)
     try:
         server_pid = int(child.stdout.readline())
-        assert not _gone(server_pid)
+        assert not process_gone(server_pid)
         child.send_signal(getattr(signal, how))
         assert child.wait(timeout=20) == -getattr(signal, how)
         deadline = time.monotonic() + 10
-        while not _gone(server_pid) and time.monotonic() < deadline:
+        while not process_gone(server_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _gone(server_pid)
+        assert process_gone(server_pid)
     finally:
         if child.poll() is None:
             child.kill()
@@ -442,9 +432,9 @@ def test_a_server_outlives_the_main_thread_while_another_thread_still_uses_it(tm
     pid, state = out.stdout.split()
     assert state == "running", out.stderr
     deadline = time.monotonic() + 10
-    while not _gone(int(pid)) and time.monotonic() < deadline:
+    while not process_gone(int(pid)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _gone(int(pid))  # and gone with the process
+    assert process_gone(int(pid))  # and gone with the process
 
 
 # ---------------------------------------------------------------------------------------
@@ -478,7 +468,7 @@ def test_a_pool_starts_at_the_first_miss_on_distinct_ports_and_stops_together(tm
         assert [s.proc.pid for s in pool.servers] == pids
     finally:
         pool.stop()
-    assert pool.started == 0 and all(_gone(p) for p in pids)
+    assert pool.started == 0 and all(process_gone(p) for p in pids)
 
 
 def test_a_pool_with_a_server_that_cannot_start_stops_the_others(tmp_path):
@@ -489,7 +479,7 @@ def test_a_pool_with_a_server_that_cannot_start_stops_the_others(tmp_path):
     pool = ServerPool([good, bad])
     with pytest.raises(LocalServerError, match=r"exited with code 3(.|\n)*boom"):
         pool.start()
-    assert pool.started == 0 and not good.running and _gone(good.proc.pid)
+    assert pool.started == 0 and not good.running and process_gone(good.proc.pid)
 
 
 def test_a_pool_refuses_servers_that_differ(tmp_path):

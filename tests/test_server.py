@@ -21,6 +21,10 @@ from pathlib import Path
 import pytest
 
 from cowest.assets import get_asset, gguf_path
+try:
+    from tests.fakeserver import process_gone
+except ImportError:  # run from inside tests/
+    from fakeserver import process_gone  # type: ignore[no-redef]
 from cowest.cache import CacheMiss, RequestCache
 from cowest.client import StrongClient
 from cowest.config import StrongSpec
@@ -35,17 +39,6 @@ def _posts(log: Path) -> int:
     return sum('"POST /v1/' in line for line in log.read_text(errors="replace").splitlines())
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    # a zombie (exited, not yet reaped by its parent) is gone too
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _dead_url() -> str:
@@ -66,7 +59,7 @@ def gemma(tmp_path_factory):
     srv = LocalServer.from_spec(GEMMA, logits_all=True, log_path=log)
     with srv:
         yield srv
-    assert not srv.running and _gone(srv.proc.pid)
+    assert not srv.running and process_gone(srv.proc.pid)
 
 
 def _client(base_url: str, db: Path, mode="readwrite") -> StrongClient:
@@ -143,7 +136,7 @@ def test_chat_logprobs_with_smollm2_and_cleanup_after_interrupt(tmp_path):
             assert out.top_logprobs and len(out.top_logprobs[0]) >= 1
             pid = srv.proc.pid
             raise KeyboardInterrupt  # Ctrl-C inside the block
-    assert not srv.running and _gone(pid)
+    assert not srv.running and process_gone(pid)
 
 
 def test_sigterm_to_the_parent_stops_the_server_and_still_kills_the_parent(tmp_path):
@@ -159,13 +152,13 @@ def test_sigterm_to_the_parent_stops_the_server_and_still_kills_the_parent(tmp_p
                              cwd=Path(__file__).resolve().parent.parent)
     try:
         server_pid = int(child.stdout.readline())
-        assert not _gone(server_pid)
+        assert not process_gone(server_pid)
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=20) == -signal.SIGTERM  # the signal is not swallowed
         deadline = time.monotonic() + 10
-        while not _gone(server_pid) and time.monotonic() < deadline:
+        while not process_gone(server_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _gone(server_pid)
+        assert process_gone(server_pid)
     finally:
         if child.poll() is None:
             child.kill()
@@ -194,13 +187,13 @@ def test_sigterm_stops_a_server_that_a_worker_thread_started(tmp_path):
                              cwd=Path(__file__).resolve().parent.parent)
     try:
         server_pid = int(child.stdout.readline())
-        assert not _gone(server_pid)
+        assert not process_gone(server_pid)
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=20) == -signal.SIGTERM
         deadline = time.monotonic() + 10
-        while not _gone(server_pid) and time.monotonic() < deadline:
+        while not process_gone(server_pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _gone(server_pid)
+        assert process_gone(server_pid)
     finally:
         if child.poll() is None:
             child.kill()
