@@ -149,7 +149,7 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
                 f"{nb.file} failed in cell {e.exec_count}: {error}\n"
                 f"The rendered notebook with the traceback is {_param_path(target)}"
             ) from None
-        _strip_machine_paths(target)
+        _strip_machine_paths(target, results_root)
         done = activity.since_mark()
         manifest["notebooks"][nb.file] = {"status": "ok", "seconds": round(time.time() - t0, 1), **done}
         print(f"[cowest]   {time.time() - t0:.0f} s; stages built {done['stages_built'] or 'none'}, "
@@ -161,15 +161,19 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
     return manifest_path
 
 
-def _strip_machine_paths(nb_path: Path) -> None:
-    """papermill records the absolute input and output paths: keep them repository-relative."""
+def _strip_machine_paths(nb_path: Path, results_root: Path) -> None:
+    """papermill records the absolute input and output paths: keep them relative to the
+    repository (or, for a results root outside it, to that root)."""
     import json
 
     data = json.loads(nb_path.read_text(encoding="utf-8"))
     meta = data.get("metadata", {}).get("papermill", {})
+    root = results_root.resolve()
     for k in ("input_path", "output_path"):
         if meta.get(k):
-            meta[k] = _param_path(Path(meta[k]))
+            p = Path(meta[k]).resolve()
+            meta[k] = (_param_path(p) if p.is_relative_to(paths.REPO_ROOT) or not p.is_relative_to(root)
+                       else f"<results>/{p.relative_to(root).as_posix()}")
     atomic_write_text(nb_path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 

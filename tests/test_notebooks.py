@@ -99,3 +99,18 @@ def test_a_failed_notebook_error_is_scrubbed_before_the_manifest(monkeypatch, en
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456789" + ending)
     text = "AuthenticationError: b'Bearer sk-test-123456789\\n' rejected (sk-test-123456789)"
     assert "sk-test" not in _scrub(text, load_profile("paper"))
+
+
+def test_rendered_notebooks_keep_no_absolute_path_in_papermill_metadata(tmp_path):
+    from cowest.execute import _strip_machine_paths
+    from cowest.paths import NOTEBOOK_DIR
+
+    out = tmp_path / "smoke" / "notebooks" / "02_sft.ipynb"
+    out.parent.mkdir(parents=True)
+    meta = {"papermill": {"input_path": str(NOTEBOOK_DIR / "02_sft.ipynb"), "output_path": str(out)}}
+    out.write_text(json.dumps({"cells": [], "metadata": meta, "nbformat": 4, "nbformat_minor": 5}))
+    _strip_machine_paths(out, tmp_path)
+    pm = json.loads(out.read_text())["metadata"]["papermill"]
+    assert pm == {"input_path": "notebooks/02_sft.ipynb", "output_path": "<results>/smoke/notebooks/02_sft.ipynb"}
+    repo_out = ROOT / "results" / "x" / "02.ipynb"  # inside the repository: repository-relative
+    assert not str(tmp_path) in json.dumps(pm) and repo_out.relative_to(ROOT).as_posix() == "results/x/02.ipynb"
