@@ -180,6 +180,17 @@ def _trl_overrides(weak: WeakSpec, section: str, cls: type) -> dict[str, Any]:
     return dict(spec.trl)
 
 
+def _checkpointing_field() -> str:
+    """``activation_checkpointing`` (transformers >= 5.2x) or, before it, ``gradient_checkpointing``.
+
+    The GPU check found a CUDA image whose transformers (5.17) has only the old name.
+    """
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _common_args(spec: TrainSpec | DPOSpec, output_dir: Path, seed: int) -> dict[str, Any]:
     """TrainingArguments shared by SFT and DPO: the spec's values plus this module's rules."""
     cuda = _on_cuda()
@@ -202,7 +213,7 @@ def _common_args(spec: TrainSpec | DPOSpec, output_dir: Path, seed: int) -> dict
         "bf16": cuda and torch.cuda.is_bf16_supported(),
         "fp16": False,
         # checkpointing saves memory for an 8B model on a GPU; on a CPU it only costs time
-        "activation_checkpointing": cuda,  # transformers 5 name of gradient_checkpointing
+        _checkpointing_field(): cuda,
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
         "disable_tqdm": False,
