@@ -356,6 +356,9 @@ def render_markdown(rec: dict[str, Any]) -> str:
                 f"{_f(gen.get('tokens_per_s'), '.0f')} | {_f(gen.get('peak_gib'))} | {r.get('error', '')} |")
     lines += ["", f"Total {rec.get('total_s', '?')} s. Batch shapes, lengths and every step time: "
               "`gpu_check.json`.", ""]
+    for key in ("commit_note", "device_call"):
+        if key in rec:
+            lines += [f"{key.replace('_', ' ').capitalize()}: {json.dumps(rec[key])[1:-1]}", ""]
     return "\n".join(lines)
 
 
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, subprocess.SubprocessError):
         commit = "?"
     rec: dict[str, Any] = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                           "commit": commit, "argv": sys.argv[1:], "models": {}}
+                           "commit": os.environ.get("COWEST_COMMIT", commit), "argv": sys.argv[1:], "models": {}}
     log("environment")
     rec["env"] = {"gpu": gpu_info(), "versions": versions(), "platform": platform.platform()}
     try:

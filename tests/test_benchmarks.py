@@ -261,3 +261,60 @@ def test_notebooks_part_records_a_failed_run(suite):
     assert run["memory_samples"] >= 1 and run["peak_tree_rss_mib"] > 0
     text = suite.render_markdown({**_record(suite), "parts": {"notebooks": res}})
     assert "## 4. Notebooks" in text and "**failed**" in text
+
+
+# ------------------------------------------------------------------ benchmarks/gpu_check.py
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    spec = importlib.util.spec_from_file_location("benchmarks_gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_plan_names_weak_models_of_the_profiles(gpu_check):
+    from cowest.config import load_profile
+
+    for name, (profile, weak, quants, (p_len, c_len)) in gpu_check.PLAN.items():
+        spec = next((w for w in load_profile(profile).weak_models if w.name == weak), None)
+        assert spec is not None, f"{name}: {profile} has no weak model {weak}"
+        assert set(quants) <= {"none", "4bit"}
+        # the synthetic rows fit the spec's max_length (prompt + completion + template), so nothing is cut
+        assert p_len + c_len + 32 <= min(spec.sft.max_length, spec.dpo.max_length)
+        assert name in gpu_check.ARCH_CONFIGS or name in ("smollm2-135m", "gemma3-270m")
+
+
+def test_gpu_check_rows_have_the_planned_lengths(gpu_check):
+    from cowest.weak import load_tokenizer
+    from cowest.assets import hf_folder
+
+    tok = load_tokenizer(hf_folder("smollm2-135m"))
+    rows, pairs = gpu_check.make_rows(tok, 3, (20, 10))
+    assert len(rows) == len(pairs) == 3
+    for r, p in zip(rows, pairs):
+        assert len(tok(r["completion"], add_special_tokens=False)["input_ids"]) in (9, 10, 11)
+        assert p["chosen"] != p["rejected"] and p["prompt"] == r["prompt"]
+
+
+def test_gpu_check_markdown_of_the_committed_run(gpu_check):
+    rec = json.loads((REPO / "results" / "benchmarks" / "gpu_check.json").read_text())
+    md = gpu_check.render_markdown(rec)
+    for name in gpu_check.PLAN:
+        assert f"| {name} |" in md
+    assert "bf16 matmul peak" in md and rec["env"]["gpu"]["cuda_available"] is True
+    # a failed run shows its error in the table instead of numbers
+    rec["models"]["smollm2-135m"]["runs"]["none"] = {"error": "TypeError: boom"}
+    assert "TypeError: boom" in gpu_check.render_markdown(rec)
+
+
+def test_checkpointing_field_exists_in_training_arguments():
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from cowest.train import _checkpointing_field
+
+    assert _checkpointing_field() in {f.name for f in dataclasses.fields(TrainingArguments)}
