@@ -360,9 +360,13 @@ class Pipeline:
 
     # -- DPO -------------------------------------------------------------------------
     def dpo_pairs(self, prefs: dict[str, Any], volume: int | None) -> list[dict[str, str]]:
+        """The pairs DPO trains on; with ``volume``, the first ``volume`` of one seeded shuffle
+        of the pool, so that smaller volumes are subsets of larger ones (nested)."""
         pairs = prefs["pairs"]
         if volume is not None:
-            pairs = random.Random(self.cfg.seed).sample(pairs, min(volume, len(pairs)))
+            order = list(pairs)
+            random.Random(self.cfg.seed).shuffle(order)
+            pairs = order[: min(volume, len(order))]
         return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
     def dpo_inputs(self, start: Checkpoint, pairs: list[dict[str, str]]) -> dict[str, Any]:

@@ -67,20 +67,102 @@ def result_row(result: Any, metrics: Sequence[str]) -> dict[str, Any]:
     return row
 
 
+#: share of items with the same answer above which two systems count as the same system
+IDENTICAL_SHARE = 0.95
+
+
+def _same_answer(x: Any, y: Any) -> bool:
+    return str(x).strip().lower() == str(y).strip().lower()
+
+
 def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
-    """Paired bootstrap and McNemar of two Results on the same items (a minus b)."""
+    """Paired bootstrap and McNemar of two Results on the same items (a minus b), and a verdict.
+
+    Also ``same answer %`` (items where both gave the same prediction) and ``verdict``
+    (:func:`verdict`): systems that give the same answer on at least
+    ``IDENTICAL_SHARE`` of the items are reported as ``"identical systems"``, never ordered.
+    """
     from cowest.metrics import mcnemar, paired_bootstrap
 
-    b_score = {r["id"]: r["score"] for r in b.rows}
+    b_rows = {r["id"]: r for r in b.rows}
     # the items both answered (a failed call is left out of a Result's rows, not scored as wrong)
-    pairs = [(r["score"], b_score[r["id"]]) for r in a.rows if r["id"] in b_score]
-    if not pairs:
+    both = [(r, b_rows[r["id"]]) for r in a.rows if r["id"] in b_rows]
+    if not both:
         raise ValueError(f"paired comparison of {a.method} and {b.method}: no item answered by both")
-    sa, sb = [p[0] for p in pairs], [p[1] for p in pairs]
+    sa, sb = [ra["score"] for ra, _ in both], [rb["score"] for _, rb in both]
+    same = sum(_same_answer(ra.get("pred"), rb.get("pred")) for ra, rb in both) / len(both)
     pb = paired_bootstrap(sa, sb, seed=seed)
     mc = mcnemar([s >= 1.0 for s in sa], [s >= 1.0 for s in sb])
-    return {"a": a.method, "b": b.method, "task": a.task, "paired items": len(pairs),
-            **{f"bootstrap_{k}": v for k, v in pb.items()}, **{f"mcnemar_{k}": v for k, v in mc.items()}}
+    out = {"a": a.method, "b": b.method, "task": a.task, "paired items": len(both),
+           "same answer %": pct(same), "identical": same >= IDENTICAL_SHARE,
+           **{f"bootstrap_{k}": v for k, v in pb.items()}, **{f"mcnemar_{k}": v for k, v in mc.items()}}
+    out["verdict"] = verdict(out)
+    return out
+
+
+def verdict(cmp: dict[str, Any]) -> str:
+    """Three-way verdict of a :func:`paired_comparison` (a against b).
+
+    ``"identical systems"`` when they answer the same on >= ``IDENTICAL_SHARE`` of the
+    items (or ``cmp["identical"]`` says so for another reason, e.g. DPO did not run);
+    ``"higher"`` / ``"lower"`` when the paired bootstrap's 95% interval of a - b lies above /
+    below 0; otherwise ``"not distinguishable"``. Never an ordering from point estimates.
+    """
+    if cmp.get("identical"):
+        return "identical systems"
+    lo, hi = cmp["bootstrap_ci_low"], cmp["bootstrap_ci_high"]
+    if lo > 0:
+        return "higher"
+    if hi < 0:
+        return "lower"
+    return "not distinguishable"
+
+
+def verdict_line(cmp: dict[str, Any], scale: float = 100.0) -> str:
+    """One sentence: ``a vs b: <verdict> (diff +x.x points, 95% CI [lo, hi], McNemar p, n)``."""
+    why = ""
+    if cmp.get("identical"):
+        why = f"; the two give the same answer on {cmp.get('same answer %', float('nan')):.0f}% of the items"
+        if cmp.get("identical_reason"):
+            why = f"; {cmp['identical_reason']}"
+    return (f"{cmp['a']} vs {cmp['b']} ({cmp.get('task', '')}): {verdict(cmp)} "
+            f"(difference {scale * cmp['bootstrap_diff']:+.1f} points, 95% CI "
+            f"[{scale * cmp['bootstrap_ci_low']:+.1f}, {scale * cmp['bootstrap_ci_high']:+.1f}], "
+            f"McNemar p={cmp['mcnemar_p_value']:.3g}, {cmp['paired items']} paired items{why})")
+
+
+def detectable_difference(n: int, discordant_share: float, z_alpha: float = 1.96, z_power: float = 0.84) -> float:
+    """The smallest paired difference (a share, 0-1) that ``n`` items detect at 5% / 80% power.
+
+    Normal approximation of the paired difference of two correctness vectors: the variance
+    of one item's difference is about the share of items on which the two disagree
+    (``discordant_share``), so the detectable difference is ``(z_alpha + z_power) *
+    sqrt(discordant_share / n)``. Example: 200 items, systems disagreeing on 20% of them:
+    about 0.089 (8.9 points).
+    """
+    if n <= 0:
+        raise ValueError("detectable_difference: n must be positive")
+    if not 0 <= discordant_share <= 1:
+        raise ValueError("detectable_difference: discordant_share must be in [0, 1]")
+    return (z_alpha + z_power) * (discordant_share / n) ** 0.5
+
+
+def trend(values: Sequence[float], comparison_first_last: dict[str, Any] | None = None) -> str:
+    """A computed word for a series (e.g. accuracy over preference volumes).
+
+    Without a paired comparison of the last point against the first, or when that
+    comparison is not distinguishable (or identical systems), the answer is "flat within
+    the noise" whatever the point estimates do; "rises" / "falls" only when the interval
+    says so.
+    """
+    if comparison_first_last is None:
+        return "not distinguishable (no paired test)"
+    v = verdict(comparison_first_last)
+    if v == "higher":
+        return "rises"
+    if v == "lower":
+        return "falls"
+    return "flat within the noise" if v == "not distinguishable" else "identical systems"
 
 
 def refinement_breakdown(task: Any, items: Sequence[Any], result: Any) -> dict[str, Any]:

@@ -103,3 +103,78 @@ def test_paired_comparison_pairs_the_items_both_answered():
     assert out["paired items"] == 5 and out["bootstrap_diff"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="no item answered by both"):
         report.paired_comparison(a, Result("x", "t", [], {}))
+
+
+def _res(method, scores, preds=None):
+    preds = preds or [f"{method}-{i}" for i in range(len(scores))]
+    return Result(method, "t", [{"id": str(i), "score": s, "pred": p} for i, (s, p) in enumerate(zip(scores, preds))], {})
+
+
+def test_verdict_three_way_on_hand_made_cases():
+    from cowest import report
+
+    # a clear win: a right on 40 items where b is wrong, both right on 10
+    win = report.paired_comparison(_res("a", [1.0] * 50), _res("b", [0.0] * 40 + [1.0] * 10))
+    assert win["verdict"] == "higher" and win["bootstrap_ci_low"] > 0
+    lose = report.paired_comparison(_res("b", [0.0] * 40 + [1.0] * 10), _res("a", [1.0] * 50))
+    assert lose["verdict"] == "lower"
+    # a tie on point estimates is never an ordering
+    tie = report.paired_comparison(_res("a", [1.0, 0.0] * 10), _res("b", [0.0, 1.0] * 10))
+    assert tie["bootstrap_diff"] == 0 and tie["verdict"] == "not distinguishable"
+    # a small lead on few items: point estimate ahead, interval across 0
+    small = report.paired_comparison(_res("a", [1.0] * 3 + [0.0] * 7), _res("b", [1.0] * 2 + [0.0] * 8))
+    assert small["bootstrap_diff"] > 0 and small["verdict"] == "not distinguishable"
+    assert "not distinguishable" in report.verdict_line(small) and "+10.0 points" in report.verdict_line(small)
+
+
+def test_identical_systems_are_never_ordered():
+    from cowest import report
+
+    preds = [str(i % 4) for i in range(40)]
+    a = _res("cowest", [1.0] * 30 + [0.0] * 10, preds)
+    # the same answers on 39 of 40 items (97.5%), scored differently on that one item
+    b_preds = preds[:-1] + ["other"]
+    b = _res("sft", [1.0] * 30 + [0.0] * 10, b_preds)
+    out = report.paired_comparison(a, b)
+    assert out["identical"] and out["same answer %"] == pytest.approx(97.5)
+    assert out["verdict"] == "identical systems" and "same answer on 98%" in report.verdict_line(out)
+    # a large difference between identical-answer systems still is not an ordering
+    forced = {**report.paired_comparison(_res("a", [1.0] * 50), _res("b", [0.0] * 50)), "identical": True}
+    assert report.verdict(forced) == "identical systems"
+
+
+def test_trend_needs_a_distinguishable_paired_test():
+    from cowest import report
+
+    assert report.trend([20.0, 20.0]) == "not distinguishable (no paired test)"
+    flat = report.paired_comparison(_res("v3", [1.0, 0.0] * 5), _res("v0", [0.0, 1.0] * 5))
+    assert report.trend([20.0, 20.0], flat) == "flat within the noise"
+    up = report.paired_comparison(_res("v3", [1.0] * 50), _res("v0", [0.0] * 40 + [1.0] * 10))
+    assert report.trend([20.0, 100.0], up) == "rises"
+    same = report.paired_comparison(_res("v3", [1.0] * 5, ["x"] * 5), _res("v0", [1.0] * 5, ["x"] * 5))
+    assert report.trend([20.0, 20.0], same) == "identical systems"
+
+
+def test_detectable_difference():
+    from cowest import report
+
+    assert report.detectable_difference(200, 0.2) == pytest.approx(2.8 * (0.2 / 200) ** 0.5)
+    # 40 items with a 30% disagreement cannot detect less than ~24 points
+    assert report.detectable_difference(40, 0.3) > 0.24
+    assert report.detectable_difference(800, 0.3) < report.detectable_difference(200, 0.3)
+    with pytest.raises(ValueError):
+        report.detectable_difference(0, 0.2)
+
+
+def test_preference_volumes_are_nested_subsets():
+    from types import SimpleNamespace
+
+    from cowest.pipeline import Pipeline
+
+    pool = {"pairs": [{"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(30)]}
+    fake = SimpleNamespace(cfg=SimpleNamespace(seed=3))
+    by_volume = {v: Pipeline.dpo_pairs(fake, pool, v) for v in (5, 10, 20, 50)}
+    for small, large in [(5, 10), (10, 20), (20, 50)]:
+        assert by_volume[small] == by_volume[large][:small]  # each volume extends the smaller one
+    assert len(by_volume[50]) == 30 and by_volume[5] != pool["pairs"][:5]  # shuffled, capped at the pool
+    assert Pipeline.dpo_pairs(fake, pool, None) == pool["pairs"]
