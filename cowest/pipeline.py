@@ -234,7 +234,7 @@ class Pipeline:
     # -- SFT -------------------------------------------------------------------------
     def sft_rows(self, task_name: str, weak: WeakSpec, fmt: str) -> list[dict[str, str]]:
         task = self.task(task_name)
-        items = self.data(task_name)["train"]
+        items = task.sft_examples(self.data(task_name)["train"])
         return [{"prompt": p, "completion": task.target(e, fmt)}
                 for p, e in zip(self.weak_prompts(weak, task, items, fmt), items)]
 

@@ -162,6 +162,24 @@ class Task:
             return f"Reasoning: {body}\n{answer}"
         raise ValueError(f"unknown format {fmt!r}; use one of {FORMATS}")
 
+    # ------------------------------------------- SFT data and the miniature's gates
+    def sft_examples(self, train: list[Example]) -> list[Example]:
+        """The items SFT trains on, given the training split (synthetic domains may add
+        recall questions of their facts)."""
+        return list(train)
+
+    def recall_items(self, split: Split, per_fact: int | None = None) -> list[Example]:
+        """Direct recall questions of the domain's facts; [] for a task without a fact base."""
+        return []
+
+    def with_facts(self, ex: Example) -> Example | None:
+        """The item with its facts stated in the question; None without a knowledge text."""
+        return None
+
+    def wrong_step_draft(self, ex: Example) -> str | None:
+        """A draft with the right fact and a wrong step; None when the task cannot make one."""
+        return None
+
     # ------------------------------------------------------- scoring
     def extract(self, text: str | None, ex: Example | None = None) -> str | None:
         """Answer from model text (see `cowest.tasks.extract`); None if unparseable.

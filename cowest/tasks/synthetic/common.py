@@ -122,6 +122,7 @@ class Draft:
     facts: tuple[str, ...]
     correct: str | None = None
     distractors: tuple[str, ...] = ()
+    step_only: str = ""  # the step written without the fact ("Adding 28 gives 75."): a draft style
 
 
 class Stream:
@@ -166,7 +167,14 @@ class SyntheticTask(Task):
         "balance": True,
         "sizes": None,
         "heldout_paraphrases": True,
+        # the miniature's knobs (defaults keep the v1 data byte-identical)
+        "target_styles": None,  # cot SFT target styles by weight: fact_step, answer_only, step_only
+        "sft_recall": 0,  # recall questions per fact added to the SFT rows (train wordings)
     }
+    #: wordings of a recall question; the last `recall_heldout` are kept for the knowledge gate
+    recall_wordings: ClassVar[tuple[str, ...]] = ()
+    recall_heldout: ClassVar[int] = 3
+    TARGET_STYLES: ClassVar[tuple[str, ...]] = ("fact_step", "answer_only", "step_only")
     default_sizes: ClassVar[dict[str, int]] = {"train": 300, "validation": 100, "test": 300}
     split_fractions: ClassVar[tuple[float, float]] = (0.6, 0.8)  # train | validation | test
     max_attempts: ClassVar[int] = 200
@@ -177,6 +185,11 @@ class SyntheticTask(Task):
         if p["difficulty"] not in DIFFICULTIES:
             raise ValueError(f"difficulty must be one of {DIFFICULTIES}, not {p['difficulty']!r}")
         self.weights = self._parse_templates(p["templates"])
+        self.styles = self._parse_styles(p["target_styles"])
+        n_train_wordings = max(len(self.recall_wordings) - self.recall_heldout, 0)
+        if not isinstance(p["sft_recall"], int) or not 0 <= p["sft_recall"] <= n_train_wordings:
+            raise ValueError(f"{self.info.name}: sft_recall must be an integer from 0 to {n_train_wordings} "
+                             f"(the training wordings of a recall question), not {p['sft_recall']!r}")
         sizes = dict(self.default_sizes)
         sizes.update(p["sizes"] or {})
         self.sizes = sizes
@@ -204,7 +217,24 @@ class SyntheticTask(Task):
         """Items sharing this key share one fact cycle."""
         return (qname, slot)
 
+    def recall_facts(self) -> list[tuple[str, dict[str, Any], list[str], str]]:
+        """The facts a recall question can ask: (fact id, wording fill, gold aliases, fact sentence)."""
+        return []
+
     # ------------------------------------------------------------- params
+    def _parse_styles(self, spec: Any) -> dict[str, float] | None:
+        if spec is None:
+            return None
+        if not isinstance(spec, dict) or not spec:
+            raise ValueError(f"{self.info.name}: target_styles must map styles to weights, not {spec!r}")
+        unknown = sorted(set(spec) - set(self.TARGET_STYLES))
+        if unknown:
+            raise ValueError(f"{self.info.name}: unknown target style(s) {unknown}; known: {list(self.TARGET_STYLES)}")
+        styles = {str(k): float(v) for k, v in spec.items() if float(v) > 0}
+        if not styles:
+            raise ValueError(f"{self.info.name}: target_styles needs a positive weight")
+        return styles
+
     def _parse_templates(self, spec: Any) -> dict[str, float]:
         if spec is None:
             weights = dict(self.default_templates[self.params["difficulty"]])
@@ -296,6 +326,8 @@ class SyntheticTask(Task):
     def _finish(self, d: Draft, question: str, qname: str, variant: int, slot: Any,
                 split: str, index: int, seed: int) -> Example:
         meta = {"qtype": qname, "variant": variant, "facts": list(d.facts), "split": split}
+        if self.styles is not None and d.step_only:
+            meta["step_only"] = d.step_only
         ex_id = f"{self.info.name}-{split}-s{seed}-{index:05d}"
         if d.correct is None:
             return Example(ex_id, question, list(d.golds), d.rationale, d.knowledge, None, meta)
@@ -304,6 +336,86 @@ class SyntheticTask(Task):
         options.insert(pos, d.correct)
         return Example(ex_id, question, [OPTION_LETTERS[pos]], d.rationale, d.knowledge,
                        options, meta)
+
+    # ------------------------------------------------- SFT data and the miniature's gates
+    def target_style(self, ex: Example) -> str:
+        """The cot target style of a training item: a stable draw from `target_styles`."""
+        if self.styles is None or ex.meta.get("qtype") == "recall":
+            return "fact_step"
+        u = stable_unit(self.info.name, "style", ex.id) * sum(self.styles.values())
+        for style, w in self.styles.items():
+            if u < w:
+                return style
+            u -= w
+        return next(reversed(self.styles))
+
+    def target(self, ex: Example, fmt: Any) -> str:
+        """`Task.target`, with the mixed draft styles of `target_styles` for the cot format:
+        fact_step (the rationale: the fact, then the step), answer_only (the answer line
+        alone) and step_only (the step written without the fact)."""
+        style = self.target_style(ex) if fmt == "cot" else "fact_step"
+        answer = f"Answer: {self.answer_text(ex)}"
+        if style == "answer_only":
+            return answer
+        if style == "step_only" and ex.meta.get("step_only"):
+            return f"Reasoning: {ex.meta['step_only']}\n{answer}"
+        return super().target(ex, fmt)
+
+    def recall_items(self, split: Split, per_fact: int | None = None) -> list[Example]:
+        """Direct recall questions of the facts ("How many bridges does Brimsholt have?").
+
+        ``train`` uses the first wordings (``per_fact`` of them; all by default), any other
+        split the last ``recall_heldout`` (held-out wordings: the weak-knowledge gate).
+        """
+        self._check_split(split)
+        n_train = len(self.recall_wordings) - self.recall_heldout
+        wordings = (list(enumerate(self.recall_wordings[:n_train]))[:per_fact] if split == "train"
+                    else list(enumerate(self.recall_wordings))[n_train:])
+        out = []
+        for fid, fill, golds, sentence in self.recall_facts():
+            for i, w in wordings:
+                out.append(Example(f"{self.info.name}-recall-{split}-{fid}-{i}", w.format(**fill), list(golds),
+                                   sentence, sentence, None, {"qtype": "recall", "facts": [fid], "split": split}))
+        return out
+
+    def sft_examples(self, train: list[Example]) -> list[Example]:
+        """The SFT items: the training split plus ``sft_recall`` recall questions per fact."""
+        extra = self.recall_items("train", self.params["sft_recall"]) if self.params["sft_recall"] else []
+        return [*train, *extra]
+
+    def with_facts(self, ex: Example) -> Example:
+        """The item with its facts stated before the question (the strong-skill gate)."""
+        return Example(ex.id + "-facts", f"{ex.knowledge} {ex.question}".strip(), list(ex.golds), ex.rationale,
+                       ex.knowledge, ex.options, {**ex.meta, "facts_given": True})
+
+    def wrong_step_draft(self, ex: Example) -> str | None:
+        """A cot draft with the right fact and a wrong final step (the draft-use gate), or
+        None when this item's rationale does not end in its answer.
+
+        Free answers: the number one of -10, -2, -1, +1, +2, +10 away (a stable draw);
+        choice: a distractor option's content and letter; label: another label."""
+        rng = random.Random(f"{self.info.name}|wrong|{ex.id}")
+        kind = self.info.answer_type
+        if kind == "free":
+            gold = ex.golds[0]
+            if not gold.lstrip("-").isdigit():
+                return None
+            wrong = str(int(gold) + rng.choice((-10, -2, -1, 1, 2, 10)))
+            gold_text, wrong_text, wrong_answer = gold, wrong, wrong
+        elif kind == "choice":
+            idx = OPTION_LETTERS.index(ex.golds[0])
+            others = [i for i in range(len(ex.options or [])) if i != idx]
+            j = rng.choice(others)
+            gold_text, wrong_text, wrong_answer = ex.options[idx], ex.options[j], OPTION_LETTERS[j]
+        else:
+            gold_text = ex.golds[0]
+            wrong_answer = wrong_text = rng.choice([lab for lab in (self.info.labels or []) if lab != gold_text])
+        body = " ".join(ex.rationale.split())
+        cut = body.rfind(gold_text)
+        if cut < 0:
+            return None
+        body = body[:cut] + wrong_text + body[cut + len(gold_text):]
+        return f"Reasoning: {body}\nAnswer: {wrong_answer}"
 
     # --------------------------------------------------------------- notebook
     def describe(self) -> dict[str, Any]:
@@ -329,5 +441,5 @@ class SyntheticTask(Task):
 def pick_gold_slot(task: SyntheticTask, stream: Stream, qname: str) -> int:
     """Gold option position: balanced cycle over 4 positions, or uniform."""
     if task.params["balance"]:
-        return next(stream.cycle(("gold-letter",), lambda: range(4)))
+        return next(stream.cycle(("gold-letter", qname), lambda: range(4)))  # balanced per question type
     return stream.rng.randrange(4)

@@ -44,7 +44,26 @@ _IFQA_RANGES = {  # per difficulty: add/sub/compare step k, year shift, multipli
 class SynthIfQA(SyntheticTask):
     """Counterfactual questions about invented places (see the module docstring)."""
 
-    defaults: ClassVar[dict[str, Any]] = {**SyntheticTask.common_defaults, "n_entities": 10}
+    defaults: ClassVar[dict[str, Any]] = {
+        **SyntheticTask.common_defaults, "n_entities": 10,
+        "attrs_per_entity": 2,  # counted attributes per place (facts = places x attributes + years)
+        "value_range": None,  # [lo, hi] of the counts; None: 4-19
+        "step_range": None,  # [lo, hi] of the add/sub/compare step k; None: the difficulty's range
+    }
+    #: recall wordings of a count fact: the first 8 teach it (SFT), the last 3 test it (the gate)
+    recall_wordings: ClassVar[tuple[str, ...]] = (
+        "How many {attr} does {e} have?",
+        "What is the number of {attr} in {e}?",
+        "{e} has how many {attr}?",
+        "Tell me how many {attr} there are in {e}.",
+        "How many {attr} are there in {e}?",
+        "What number of {attr} does {e} have?",
+        "In {e}, how many {attr} are there?",
+        "Give the count of {attr} in {e}.",
+        "If you counted the {attr} in {e}, how many would you find?",
+        "Suppose you visited {e} and counted its {attr}. What number would you get?",
+        "How large is the number of {attr} that {e} has?",
+    )
     qtypes: ClassVar[dict[str, QType]] = {q.name: q for q in [
         QType("add", (
             "If {e} gained {k} more {attr}, how many {attr} would it have?",
@@ -114,10 +133,14 @@ class SynthIfQA(SyntheticTask):
         suffixes = ["holt", "moor", "wick", "ford", "mere", "stead", "dale", "by", "haven"]
         names = invent_names(rng, n, suffixes, set())
         self.entities: dict[str, dict[str, Any]] = {}
+        lo, hi = self.params["value_range"] or (4, 19)
+        n_attrs = int(self.params["attrs_per_entity"])
+        if not 1 <= n_attrs <= 5 or not 1 <= lo < hi:
+            raise ValueError("attrs_per_entity must be 1-5 and value_range [lo, hi] with 1 <= lo < hi")
         for name in names:
             kind = rng.choice(sorted(_KINDS))
-            attrs = rng.sample(_KINDS[kind], 2)
-            values = {a: rng.randint(4, 19) for a in attrs}
+            attrs = rng.sample(_KINDS[kind], n_attrs)
+            values = {a: rng.randint(lo, hi) for a in attrs}
             year = rng.randint(1500, 1899)
             self.entities[name] = {"kind": kind, "values": values, "year": year}
             for a, v in values.items():
@@ -135,9 +158,16 @@ class SynthIfQA(SyntheticTask):
     def _partners(self, e: str, attr: str) -> list[str]:
         return [o for o, d in self.entities.items() if o != e and attr in d["values"]]
 
+    def recall_facts(self) -> list[tuple[str, dict[str, Any], list[str], str]]:
+        return [(f"{e}.{a}", {"e": e, "attr": a}, number_aliases(self.entities[e]["values"][a], a),
+                 self.facts[f"{e}.{a}"]) for e, a in self.count_facts]
+
     def build(self, qname: str, rng: random.Random, anchor: Any, slot: Any,
               variant: int) -> Draft | None:
-        rg = _IFQA_RANGES[self.params["difficulty"]]
+        rg = dict(_IFQA_RANGES[self.params["difficulty"]])
+        if self.params["step_range"]:
+            lo, hi = self.params["step_range"]
+            rg["k"] = range(int(lo), int(hi) + 1)
         if qname == "year":
             e = anchor
             y = self.entities[e]["year"]
@@ -148,7 +178,8 @@ class SynthIfQA(SyntheticTask):
             fill = {"e": e, "k": k, "dir": "later" if later else "earlier"}
             return Draft(("year", e, k, later), fill,
                          [str(ans)], self.facts[f"{e}.founded"],
-                         f"{e} was founded in {y}; {y} {op} {k} = {ans}.", (f"{e}.founded",))
+                         f"{e} was founded in {y}; {y} {op} {k} = {ans}.", (f"{e}.founded",),
+                         step_only=f"Moving the founding {k} years {fill['dir']} gives {ans}.")
         e, attr = anchor
         v = self.entities[e]["values"][attr]
         fact = self.facts[f"{e}.{attr}"]
@@ -159,16 +190,19 @@ class SynthIfQA(SyntheticTask):
                              number_aliases(v, attr), fact, fact, (fid,))
             if qname == "times":
                 k = rng.choice(rg["times"])
-                ans, step = v * k, f"{v} x {k}"
+                ans, step, hidden = v * k, f"{v} x {k}", f"Multiplying by {k} gives {v * k}."
             elif qname == "add":
                 k = rng.choice(rg["k"])
-                ans, step = v + k, f"{v} + {k}"
+                ans, step, hidden = v + k, f"{v} + {k}", f"Adding {k} gives {v + k}."
             else:
-                k = rng.randint(1, v - 1)
-                ans, step = v - k, f"{v} - {k}"
+                ks = [k for k in rg["k"] if k < v] if self.params["step_range"] else range(1, v)
+                if not ks:
+                    return None
+                k = rng.choice(ks) if self.params["step_range"] else rng.randint(1, v - 1)
+                ans, step, hidden = v - k, f"{v} - {k}", f"Taking away {k} leaves {v - k}."
             return Draft((qname, e, attr, k), {"e": e, "attr": attr, "k": k},
                          number_aliases(ans, attr), fact, f"{e} has {v} {attr}; {step} = {ans}.",
-                         (fid,))
+                         (fid,), step_only=hidden)
         partners = self._partners(e, attr)
         if not partners:
             return None
@@ -180,7 +214,8 @@ class SynthIfQA(SyntheticTask):
             ans = v + v2
             return Draft(("merge", e, e2, attr), {"e": e, "e2": e2, "attr": attr},
                          number_aliases(ans, attr), f"{fact} {fact2}",
-                         f"{e} has {v} {attr} and {e2} has {v2}; {v} + {v2} = {ans}.", facts)
+                         f"{e} has {v} {attr} and {e2} has {v2}; {v} + {v2} = {ans}.", facts,
+                         step_only=f"Adding the two counts gives {ans}.")
         # compare: e gains k; the answer is whichever then has more (no ties)
         k = rng.choice(rg["k"])
         total = v + k
@@ -191,7 +226,7 @@ class SynthIfQA(SyntheticTask):
         return Draft(("compare", e, e2, attr, k), {"e": e, "e2": e2, "attr": attr, "k": k},
                      [winner], f"{fact} {fact2}",
                      f"{e} has {v} {attr} and {e2} has {v2}; {v} + {k} = {total} {sign} {v2}, "
-                     f"so {winner}.", facts)
+                     f"so {winner}.", facts, step_only=f"After the gain of {k}, {winner} has more.")
 
     def corpus(self) -> list[str]:
         docs = []

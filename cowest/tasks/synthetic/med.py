@@ -40,7 +40,24 @@ _MED_WEIGHTS = {"easy": range(10, 101, 5), "medium": range(10, 61), "hard": rang
 class SynthMed(SyntheticTask):
     """Four-option questions about invented drugs (see the module docstring)."""
 
-    defaults: ClassVar[dict[str, Any]] = {**SyntheticTask.common_defaults, "n_drugs": 10}
+    defaults: ClassVar[dict[str, Any]] = {
+        **SyntheticTask.common_defaults, "n_drugs": 10,
+        "weight_range": None,  # [lo, hi] of the patients' weights in dose items; None: the difficulty's
+    }
+    #: recall wordings of a dose fact: the first 8 teach it (SFT), the last 3 test it (the gate)
+    recall_wordings: ClassVar[tuple[str, ...]] = (
+        "What is the dose of {d} per kg?",
+        "How many mg per kg of {d} are given?",
+        "{d} is dosed at how many mg per kg?",
+        "What is the per-kg dose of {d}?",
+        "How much {d} is given per kg of body weight?",
+        "Give the dose of {d} in mg per kg.",
+        "What dose per kg does {d} have?",
+        "State the weight-based dose of {d}.",
+        "If a doctor prescribes {d}, how many mg per kg would they use?",
+        "How many milligrams of {d} go with each kilogram?",
+        "What is the dose of {d} for each kg a patient weighs?",
+    )
     qtypes: ClassVar[dict[str, QType]] = {q.name: q for q in [
         QType("dose", (
             "A patient weighing {w} kg is prescribed {d}. What total dose should they receive?",
@@ -113,6 +130,10 @@ class SynthMed(SyntheticTask):
             self.facts[f"{drug}.dose"] = f"{drug} is dosed at {dose} mg per kg."
             self.facts[f"{cond}.organ"] = f"{cond} affects the {organ}."
 
+    def recall_facts(self) -> list[tuple[str, dict[str, Any], list[str], str]]:
+        return [(f"{d}.dose", {"d": d}, [f"{i['dose']} mg per kg", str(i["dose"]), f"{i['dose']} mg"],
+                 self.facts[f"{d}.dose"]) for d, i in self.drugs.items()]
+
     def plan_slot(self, stream: Stream, weights: dict[str, float]) -> tuple[str, Any]:
         qname = stream.rotate(weights)
         return qname, pick_gold_slot(self, stream, qname)
@@ -130,14 +151,18 @@ class SynthMed(SyntheticTask):
         age, person = rng.randint(18, 80), rng.choice(_PERSONS)
         ctx = {"age": age, "p": person}
         if qname == "dose":
-            w = rng.choice(_MED_WEIGHTS[self.params["difficulty"]])
+            weights = _MED_WEIGHTS[self.params["difficulty"]]
+            if self.params["weight_range"]:
+                weights = range(int(self.params["weight_range"][0]), int(self.params["weight_range"][1]) + 1)
+            w = rng.choice(weights)
             dose = info["dose"]
             others = rng.sample([x for x in _DOSES if x != dose], 3)
             return Draft(("dose", drug, w), {"d": drug, "w": w}, [],
                          self.facts[f"{drug}.dose"],
                          f"{drug} is dosed at {dose} mg per kg; {dose} x {w} = {dose * w} mg.",
                          (f"{drug}.dose",), correct=f"{dose * w} mg",
-                         distractors=tuple(f"{x * w} mg" for x in others))
+                         distractors=tuple(f"{x * w} mg" for x in others),
+                         step_only=f"Multiplying by the weight of {w} kg gives {dose * w} mg.")
         if qname == "two_hop":
             cond = info["condition"]
             organ = self.conditions[cond]

@@ -115,6 +115,20 @@ class SynthSafety(SyntheticTask):
         **SyntheticTask.common_defaults, "n_groups": 6, "norms_per_group": 4,
         "no_rule_per_group": 2,
     }
+    #: recall wordings of a norm: the first 8 teach it (SFT), the last 3 test it (the gate)
+    recall_wordings: ClassVar[tuple[str, ...]] = (
+        "Among the {g}, how is {cond} regarded?",
+        "What do the {g} think of {cond}?",
+        "How do the {g} view {cond}?",
+        "What is the rule of the {g} on {cond}?",
+        "According to the customs of the {g}, what is {cond}?",
+        "For the {g}, {cond} is what?",
+        "How strict are the {g} about {cond}?",
+        "What is the custom of the {g} about {cond}?",
+        "If a guest of the {g} were {cond}, how would the {g} see it?",
+        "What would the {g} say about {cond}?",
+        "Under the norms of the {g}, how is {cond} judged?",
+    )
     qtypes: ClassVar[dict[str, QType]] = {
         name: QType(name, (_SAFETY_TEMPLATE,), key_split=False, n_variants=4)
         for name in ("match", "contrast", "unrelated")
@@ -163,6 +177,35 @@ class SynthSafety(SyntheticTask):
             for a in acts[per:]:
                 self.no_rule.append((g, a))
                 self.facts[f"{g}.no.{a}"] = f"The {g} have no rule about {_ACTIVITIES[a].topic}."
+
+    def recall_facts(self) -> list[tuple[str, dict[str, Any], list[str], str]]:
+        aliases = {"strictly forbidden": ["strictly forbidden", "forbidden"],
+                   "frowned upon": ["frowned upon", "frowned on"]}
+        out = []
+        for (g, a), (cond, sev) in self.norms.items():
+            out.append((f"{g}.{a}", {"g": g, "cond": _ACTIVITIES[a].conds[cond]},
+                        aliases[_SEVERITY_WORDS[sev]], self.facts[f"{g}.{a}"]))
+        return out
+
+    def wrong_step_draft(self, ex: Any) -> str | None:
+        """The norm stated right and applied wrong: the condition of the action misread, so
+        a matching action is called casual and a contrasting one falls under the norm."""
+        qtype, facts = ex.meta.get("qtype"), ex.meta.get("facts") or []
+        if qtype not in ("match", "contrast") or len(facts) != 1:
+            return None
+        g, a = facts[0].split(".")
+        norm_cond, sev = self.norms[(g, int(a))]
+        act = _ACTIVITIES[int(a)]
+        if qtype == "match":
+            right = f"is {act.conds[norm_cond]}, so the rule applies."
+            wrong, label = f"is {act.conds[1 - norm_cond]}, so the rule does not apply.", "casual"
+        else:
+            right = f"is {act.conds[1 - norm_cond]}, so the rule does not apply."
+            wrong, label = f"is {act.conds[norm_cond]}, so the rule applies.", sev
+        body = " ".join(ex.rationale.split())
+        if right not in body:
+            return None
+        return f"Reasoning: {body.replace(right, wrong)}\nAnswer: {label}"
 
     def _norm_sentence(self, g: str, a: int) -> str:
         cond, sev = self.norms[(g, a)]
@@ -217,7 +260,7 @@ class SynthSafety(SyntheticTask):
             label = "casual"
             why = f"To {phrase} is {act.conds[cond]}, so the rule does not apply."
         fill = {"intro": _INTROS[intro].format(g=g), "phrase": phrase}
-        return Draft((g, a, cond, intro), fill, [label], fact, f"{fact} {why}", (f"{g}.{a}",))
+        return Draft((g, a, cond, intro), fill, [label], fact, f"{fact} {why}", (f"{g}.{a}",), step_only=why)
 
     def corpus(self) -> list[str]:
         docs = []
