@@ -209,6 +209,18 @@ class AblationSpec(_Spec):
     rounds: Count = 2  # iterated alignment rounds
 
 
+class GatesSpec(_Spec):
+    """The miniature's division-of-labour gates (``cowest.gates``), measured on validation items."""
+
+    n_items: Count = 24  # validation items per gate and task
+    weak_knowledge: Probability = 0.8  # the SFT weak model states the fact on held-out wordings
+    strong_skill: Probability = 0.8  # the strong model's accuracy with the fact given in the question
+    weak_gap: Probability = 0.2  # the weak model is at least this much worse at the same items
+    draft_use: Probability = 0.5  # refinements that fix a right-fact, wrong-step draft
+    max_no_answer: Probability = 0.02  # strong outputs without a readable answer, at most
+    candidates: list[str] = []  # strong models the gates compare (names from strong_models)
+
+
 class Profile(_Spec):
     name: str  # results go to results/<name>/
     description: str  # one line for logs and reports
@@ -219,6 +231,7 @@ class Profile(_Spec):
     collab: CollabSpec = CollabSpec()  # preference mining
     baselines: BaselineSpec = BaselineSpec()  # comparison methods
     ablations: AblationSpec = AblationSpec()  # ablation grid
+    gates: GatesSpec = GatesSpec()  # the division-of-labour gates (synthetic domains)
     budget_usd: NonNegNum | None = None  # stop before a paid call would pass this
     cache_mode: Literal["readwrite", "replay", "off"] = "readwrite"  # strong-model call cache
     _source: str = PrivateAttr("")  # the file it was loaded from (filled by the loader)
@@ -339,6 +352,8 @@ def _cross_check(pr: Profile) -> list[tuple[Loc, str]]:
     for sec in _NAMED:
         for i, n in enumerate(getattr(pr.ablations, sec)):
             ref(("ablations", sec, i), n, sec)
+    for i, n in enumerate(pr.gates.candidates):
+        ref(("gates", "candidates", i), n, "strong_models")
     for i, s in enumerate(pr.strong_models):
         if s.backend == "api" and not s.base_url:
             errors.append((("strong_models", i, "base_url"), f"{s.name}: backend 'api' needs base_url"))

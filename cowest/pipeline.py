@@ -417,6 +417,48 @@ class Pipeline:
         sft = self.sft(task_name, weak, fmt)
         return self.dpo(sft, self.preferences(sft, feedback="single"), tag="rlwf")
 
+    # -- the division-of-labour gates (validation items only) ---------------------------
+    def gate_items(self, task_name: str) -> dict[str, list[Example]]:
+        """The validation items of each gate (`cowest.gates`): held-out recall questions,
+        items with their facts stated, and items that have a right-fact, wrong-step draft."""
+        task = self.task(task_name)
+        val = self.data(task_name)["validation"][: self.cfg.gates.n_items]
+        given = [g for g in (task.with_facts(e) for e in val) if g is not None]
+        return {"recall": task.recall_items("validation"), "fact_given": given,
+                "draft_use": [e for e in val if task.wrong_step_draft(e) is not None]}
+
+    def gate_rows(self, task_name: str, strong: str | None = None, ckpt: Checkpoint | None = None
+                  ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, list[Example]]]:
+        """The model outputs the gates score: the SFT weak model's greedy drafts (recall and
+        fact-given items; cached drafts stages) and the strong model's answers (fact-given
+        items alone; refinements of the wrong-step drafts; cached calls). A failed call
+        leaves an empty text, which no gate counts as right."""
+        task = self.task(task_name)
+        ckpt = ckpt or self.sft(task_name)
+        strong = strong or self.cfg.strong_for(task_name).name
+        items = self.gate_items(task_name)
+        col = self.collaborator(task_name, strong)
+        rec = [d[0] for d in self.drafts(ckpt, items["recall"])] if items["recall"] else []
+        weak_given = [d[0] for d in self.drafts(ckpt, items["fact_given"])] if items["fact_given"] else []
+        strong_given = col.alone(items["fact_given"], stage=f"gates:{strong}") if items["fact_given"] else []
+        wrong = [task.wrong_step_draft(e) or "" for e in items["draft_use"]]
+        refined = col.refine(items["draft_use"], wrong, stage=f"gates:{strong}") if wrong else []
+        rows = {
+            "recall": [{"id": e.id, "draft": d} for e, d in zip(items["recall"], rec)],
+            "fact_given": [{"id": e.id, "strong": o.text or "", "weak": w, "error": o.error}
+                           for e, o, w in zip(items["fact_given"], strong_given, weak_given)],
+            "draft_use": [{"id": e.id, "draft": d, "final": o.text or "", "error": o.error}
+                          for e, d, o in zip(items["draft_use"], wrong, refined)],
+        }
+        return rows, items
+
+    def gates(self, task_name: str, strong: str | None = None) -> list[Any]:
+        """The four gates of one task with one strong model (`cowest.gates.evaluate`)."""
+        from cowest import gates
+
+        rows, items = self.gate_rows(task_name, strong)
+        return gates.evaluate(self.task(task_name), rows, items, self.cfg.gates)
+
     # -- evaluation ------------------------------------------------------------------
     def test_items(self, task_name: str, n: int | None = None) -> list[Example]:
         items = self.data(task_name)["test"]

@@ -109,3 +109,13 @@ def test_task_extract_and_score():
     saf = get_task("synth_safety")
     lx = Example("z", "Classify ...", ["needs caution"])
     assert saf.score(saf.extract("Answer: NEEDS CAUTION"), lx) == 1.0
+
+
+def test_has_answer_marker_tells_a_stated_answer_from_a_cut_output():
+    from cowest.tasks.extract import has_answer_marker
+
+    assert has_answer_marker("Reasoning: 47 + 28 = 75.\nAnswer: 75")
+    assert has_answer_marker("So the answer is B.")
+    assert not has_answer_marker("Reasoning: 47 + 28 is")  # cut before its answer line
+    assert not has_answer_marker("Answer:")  # a marker with nothing after it
+    assert not has_answer_marker("") and not has_answer_marker(None)

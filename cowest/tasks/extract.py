@@ -75,6 +75,19 @@ def answer_segment(text: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
+def has_answer_marker(text: str | None) -> bool:
+    """Whether `text` states its answer explicitly ("Answer: ...", "the answer is ..."),
+    rather than leaving the extractor to fall back on its last line (an output cut short)."""
+    if not text or not text.strip():
+        return False
+    text = _clean(text)
+    for pattern in (_MARKER, _ANSWER_IS):
+        found = list(pattern.finditer(text))
+        if found and _first_line(text[found[-1].end():]):
+            return True
+    return False
+
+
 def _strip_free(seg: str) -> str:
     seg = seg.strip()
     for left, right in ('""', "''", "“”", "‘’"):

@@ -1,0 +1,145 @@
+"""The division of labour the miniature needs, measured on validation items before mining.
+
+CoWest's premise is that the weak model knows what the strong model does not (the domain's
+facts, learned in fine-tuning) and the strong model does what the weak model cannot (the
+general step: arithmetic, applying a rule, mapping a value to an option). Without both, the
+paper's mechanism has nothing to work with, whatever the numbers say. Three gates check it:
+
+``weak_knowledge``
+    The SFT weak model answers direct recall questions about the facts, in wordings it
+    never saw in training, correctly on at least ``GatesSpec.weak_knowledge`` of them.
+``strong_skill``
+    With the facts stated in the question, the strong model answers at least
+    ``GatesSpec.strong_skill`` of the items, and the weak model at least
+    ``GatesSpec.weak_gap`` fewer.
+``draft_use``
+    Given a draft that states the right fact and takes a wrong step, the strong model's
+    refinement is right on at least ``GatesSpec.draft_use`` of the items.
+
+Beside them, ``answer_lines``: no more than ``GatesSpec.max_no_answer`` of the strong
+model's outputs lack a readable answer (an output cut before its answer line would count
+as wrong for a reason that has nothing to do with the method).
+
+This module is the arithmetic; `Pipeline.gate_rows` produces the model outputs (a cached
+stage), notebook 03 shows them, and the runner records them in the manifest. A failed gate
+does not stop a run: :func:`premise_note` gives the sentence every verdict then carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from cowest import metrics
+from cowest.tasks import extract as ex_
+from cowest.tasks.base import Example, Task
+
+GATES = ("weak_knowledge", "strong_skill", "draft_use", "answer_lines")
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One gate on one task: its measured share, the threshold, and whether it passed."""
+
+    gate: str
+    task: str
+    value: float | None  # a share in [0, 1]; None when the task cannot measure it
+    threshold: float
+    passed: bool | None  # None: not applicable (e.g. a real dataset without a fact base)
+    n: int
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _correct(task: Task, text: str | None, ex: Example) -> bool:
+    pred = task.extract(text, ex)
+    return pred is not None and task.score(pred, ex) >= 1.0
+
+
+def _recall_correct(text: str | None, ex: Example) -> bool:
+    # recall answers are free text whatever the task's answer type ("43", "frowned upon", "4 mg per kg")
+    return metrics.exact_match(ex_.extract_free(text), ex.golds) >= 1.0
+
+
+def _share(flags: Sequence[bool]) -> float:
+    return sum(flags) / len(flags)
+
+
+def _na(gate: str, task: Task, threshold: float, why: str) -> GateResult:
+    return GateResult(gate, task.info.name, None, threshold, None, 0, why)
+
+
+def weak_knowledge(task: Task, items: Sequence[Example], drafts: Sequence[str], threshold: float) -> GateResult:
+    """Share of held-out recall questions the weak model answers right."""
+    if not items:
+        return _na("weak_knowledge", task, threshold, "no recall questions (the task has no fact base)")
+    value = _share([_recall_correct(d, e) for d, e in zip(drafts, items, strict=True)])
+    return GateResult("weak_knowledge", task.info.name, value, threshold, value >= threshold, len(items),
+                      f"the weak model recalls {100 * value:.0f}% of the facts in held-out wordings "
+                      f"(needs {100 * threshold:.0f}%)")
+
+
+def strong_skill(task: Task, items: Sequence[Example], strong_texts: Sequence[str], weak_texts: Sequence[str],
+                 threshold: float, gap: float) -> GateResult:
+    """Strong and weak accuracy with the facts given; passes when the strong model clears
+    ``threshold`` and the weak model trails it by at least ``gap``."""
+    if not items:
+        return _na("strong_skill", task, threshold, "no items with their facts stated")
+    s = _share([_correct(task, t, e) for t, e in zip(strong_texts, items, strict=True)])
+    w = _share([_correct(task, t, e) for t, e in zip(weak_texts, items, strict=True)])
+    ok = s >= threshold and w <= s - gap
+    return GateResult("strong_skill", task.info.name, s, threshold, ok, len(items),
+                      f"with the facts given, the strong model is right on {100 * s:.0f}% (needs "
+                      f"{100 * threshold:.0f}%) and the weak model on {100 * w:.0f}% (needs at most "
+                      f"{100 * (s - gap):.0f}%)")
+
+
+def draft_use(task: Task, items: Sequence[Example], refined: Sequence[str], threshold: float) -> GateResult:
+    """Share of right-fact, wrong-step drafts whose refinement is right."""
+    if not items:
+        return _na("draft_use", task, threshold, "the task cannot make right-fact, wrong-step drafts")
+    value = _share([_correct(task, t, e) for t, e in zip(refined, items, strict=True)])
+    return GateResult("draft_use", task.info.name, value, threshold, value >= threshold, len(items),
+                      f"the strong model fixes {100 * value:.0f}% of drafts with the right fact and a wrong "
+                      f"step (needs {100 * threshold:.0f}%)")
+
+
+def answer_lines(task: Task, items: Sequence[Example], texts: Sequence[str], max_share: float) -> GateResult:
+    """Share of strong outputs with no readable answer; passes at ``max_share`` or less."""
+    if not items:
+        return _na("answer_lines", task, max_share, "no strong outputs")
+    value = _share([not ex_.has_answer_marker(t) or task.extract(t, e) is None
+                    for t, e in zip(texts, items, strict=True)])
+    return GateResult("answer_lines", task.info.name, value, max_share, value <= max_share, len(items),
+                      f"{100 * value:.1f}% of the strong model's outputs have no readable answer "
+                      f"(at most {100 * max_share:.0f}%)")
+
+
+def evaluate(task: Task, rows: dict[str, list[dict[str, Any]]], items: dict[str, list[Example]],
+             spec: Any) -> list[GateResult]:
+    """All four gates of one task from `Pipeline.gate_rows` output.
+
+    ``rows``: ``recall`` ({id, draft}), ``fact_given`` ({id, strong, weak}) and ``draft_use``
+    ({id, draft, final}); ``items`` the examples of each, in the same order. ``spec`` is the
+    profile's ``GatesSpec``.
+    """
+    rec, given, use = rows["recall"], rows["fact_given"], rows["draft_use"]
+    strong_outputs = [r["strong"] for r in given] + [r["final"] for r in use]
+    return [
+        weak_knowledge(task, items["recall"], [r["draft"] for r in rec], spec.weak_knowledge),
+        strong_skill(task, items["fact_given"], [r["strong"] for r in given], [r["weak"] for r in given],
+                     spec.strong_skill, spec.weak_gap),
+        draft_use(task, items["draft_use"], [r["final"] for r in use], spec.draft_use),
+        answer_lines(task, items["fact_given"] + items["draft_use"], strong_outputs, spec.max_no_answer),
+    ]
+
+
+def premise_note(results: Sequence[GateResult]) -> str | None:
+    """None when every applicable gate passed; otherwise the sentence each verdict carries."""
+    failed = [r for r in results if r.passed is False]
+    if not failed:
+        return None
+    parts = "; ".join(f"{r.task} {r.gate}: {r.detail}" for r in failed)
+    return f"The miniature's premise failed ({parts}), so no verdict below can show the paper's mechanism."
