@@ -112,7 +112,10 @@ class LoraSpec(_Spec):
     r: Count = 16  # LoRA rank
     alpha: Count = 32  # LoRA scaling (alpha / r)
     dropout: Annotated[float, Strict(), Ge(0), Lt(1)] = 0.05  # LoRA dropout, in [0, 1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]  # layers adapted
+    # layers adapted: "all-linear" (peft: every linear layer but the output head, the same
+    # coverage for every architecture, so the weak-model ablation compares models, not LoRA
+    # placements) or a list of module names
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
 
 
 class TrainSpec(_Spec):

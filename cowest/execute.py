@@ -190,6 +190,9 @@ def _scrub(text: str, cfg: Profile) -> str:
 def _finish(manifest: dict[str, Any], path: Path, out_dir: Path) -> None:
     from cowest.ledger import Ledger
 
+    gates = out_dir / "gates.json"
+    if gates.exists():  # the division-of-labour gates the notebooks measured (cowest.gates)
+        manifest["gates"] = read_json(gates)
     db = out_dir / "cache.sqlite"
     if db.exists():
         ledger = Ledger(db)

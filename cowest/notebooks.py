@@ -43,9 +43,10 @@ class Notebook:
 NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("01_data", "the tasks: sizes, label balance, one example per format",
              ("data_sizes", "label_balance"), ("label_balance",)),
-    Notebook("02_sft", "SFT of the weak model (LoRA / 4-bit QLoRA), loss curves", ("sft_summary",), ("sft_loss",)),
-    Notebook("03_preferences", "collaborative preference mining (delta rule), RLWF pairs",
-             ("preference_stats",), ("delta_distribution",)),
+    Notebook("02_sft", "SFT of the weak model (LoRA / 4-bit QLoRA), loss curves, the weak-knowledge gate",
+             ("sft_summary", "gate_weak_knowledge"), ("sft_loss",)),
+    Notebook("03_preferences", "the division-of-labour gates, collaborative preference mining (delta rule), RLWF pairs",
+             ("gates", "preference_stats"), ("gates", "delta_distribution")),
     Notebook("04_dpo", "DPO from the SFT adapter with the SFT policy as reference", ("dpo_summary",), ("dpo_curves",)),
     Notebook("05_evaluation", "the main table: every method x every task, intervals, paired tests, why",
              ("main_results", "paired_tests", "refinement_breakdown"), ("main_results",)),

@@ -453,11 +453,47 @@ class Pipeline:
         return rows, items
 
     def gates(self, task_name: str, strong: str | None = None) -> list[Any]:
-        """The four gates of one task with one strong model (`cowest.gates.evaluate`)."""
+        """The four gates of one task with one strong model (`cowest.gates.evaluate`);
+        recorded in ``gates.json`` (the runner copies it into the manifest)."""
         from cowest import gates
 
+        strong = strong or self.cfg.strong_for(task_name).name
         rows, items = self.gate_rows(task_name, strong)
-        return gates.evaluate(self.task(task_name), rows, items, self.cfg.gates)
+        results = gates.evaluate(self.task(task_name), rows, items, self.cfg.gates)
+        self.record_gates(results, strong)
+        return results
+
+    def weak_knowledge_gate(self, task_name: str) -> Any:
+        """The weak-knowledge gate alone (no strong model): the SFT model on held-out recall questions."""
+        from cowest import gates
+
+        task = self.task(task_name)
+        items = task.recall_items("validation")
+        drafts = [d[0] for d in self.drafts(self.sft(task_name), items)] if items else []
+        result = gates.weak_knowledge(task, items, drafts, self.cfg.gates.weak_knowledge)
+        self.record_gates([result], None)
+        return result
+
+    def record_gates(self, results: Sequence[Any], strong: str | None) -> None:
+        """Merge gate results into ``<results>/<profile>/gates.json``, one entry per
+        (task, gate, strong model); the weak-knowledge gate does not depend on the strong model."""
+        path = self.root / "gates.json"
+        have = {(g["task"], g["gate"], g.get("strong")): g for g in (read_json(path) if path.exists() else [])}
+        for r in results:
+            who = None if r.gate == "weak_knowledge" else strong
+            have[(r.task, r.gate, who)] = {**r.to_dict(), "strong": who}
+        write_json(path, sorted(have.values(), key=lambda g: (g["task"], g["gate"], g["strong"] or "")))
+
+    def premise(self) -> str | None:
+        """The sentence every verdict carries when a gate recorded for this run's strong models failed."""
+        from cowest.gates import GateResult, premise_note
+
+        path = self.root / "gates.json"
+        if not path.exists():
+            return None
+        used = {(t.name, self.cfg.strong_for(t.name).name) for t in self.cfg.tasks}
+        rows = [g for g in read_json(path) if g["strong"] is None or (g["task"], g["strong"]) in used]
+        return premise_note([GateResult(**{k: v for k, v in g.items() if k != "strong"}) for g in rows])
 
     # -- evaluation ------------------------------------------------------------------
     def test_items(self, task_name: str, n: int | None = None) -> list[Example]:

@@ -260,7 +260,7 @@ def lora_config(lora: LoraSpec) -> LoraConfig:
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        target_modules=lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules),
         bias="none",
         task_type="CAUSAL_LM",
     )

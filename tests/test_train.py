@@ -525,3 +525,16 @@ def test_dpo_compact_head_is_exact(folder, tok, sft_run, tmp_path, monkeypatch):
     with pytest.raises(_Stop):
         dpo(folder, sft_dir, pairs, tmp_path / "dpo", weak=weak, seed=0, on_trainer=check)
     assert seen == {"ok": True} and not (tmp_path / "dpo").exists()
+
+
+def test_lora_covers_every_linear_layer_by_default_for_every_weak_model():
+    """Fair weak-model ablation: the same LoRA coverage for every architecture unless a
+    profile says otherwise."""
+    from cowest.config import LoraSpec, load_profile
+    from cowest.train import lora_config
+
+    assert lora_config(LoraSpec()).target_modules == "all-linear"
+    for name in ("smoke", "tiny", "paper"):
+        for w in load_profile(name).weak_models:
+            assert w.lora.target_modules == "all-linear", (name, w.name)
+    assert set(lora_config(LoraSpec(target_modules=["q_proj"])).target_modules) == {"q_proj"}
