@@ -7,6 +7,7 @@
 #   ./reproduce.sh setup                     only create/update the environment and models
 #   ./reproduce.sh --help
 set -euo pipefail
+export COWEST_CWD="$PWD"  # where the user called from: a relative --profile path is taken from here
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 VENV="$ROOT/.venv"

@@ -159,6 +159,18 @@ def _check(name: str, target: Path) -> Path:
     return target
 
 
+def is_present(name: str) -> bool:
+    """Whether an offline model's file is on disk, or its packages are installed to join it
+    (no hashing: a quick look for the preflight)."""
+    asset = get_asset(name)
+    if (home() / "models" / asset.filename).exists():
+        return True
+    try:
+        return all((_package_dir(pkg) / rel).exists() for pkg, rel in asset.parts)
+    except AssetError:
+        return False
+
+
 def gguf_path(name: str) -> Path:
     """The verified GGUF file of an offline model, joined from its packages on first use.
 

@@ -144,6 +144,7 @@ class WeakSpec(_Spec):
     sft: TrainSpec  # supervised fine-tuning on the task's format targets
     dpo: DPOSpec  # preference alignment on the strong model's feedback
     quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA (NF4, bitsandbytes)
+    revision: str | None = None  # hub commit of `model` (None: the latest, unpinned; offline assets are pinned by sha256)
     lora: LoraSpec = LoraSpec()  # adapter shape
     max_new_tokens: Count = 64  # draft length
     gen_batch_size: Count = 16  # prompts per generation batch
@@ -170,6 +171,7 @@ class StrongSpec(_Spec):
     price_in_per_mtok: NonNegNum = 0.0  # USD per 1M prompt tokens
     price_out_per_mtok: NonNegNum = 0.0  # USD per 1M completion tokens
     free: Annotated[bool, Strict()] = False  # true for a server you run yourself: no prices needed
+    stands_in_for: str | None = None  # the paper's model this one replaces (e.g. a retired API model)
 
 
 class CollabSpec(_Spec):

@@ -61,6 +61,43 @@ def versions() -> dict[str, str]:
     return out
 
 
+def accelerator() -> dict[str, Any]:
+    """The GPU a run used (name, memory, CUDA, driver), or that there was none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"gpu": None}
+    props = torch.cuda.get_device_properties(0)
+    out: dict[str, Any] = {"gpu": props.name, "count": torch.cuda.device_count(),
+                           "memory_gib": round(props.total_memory / 2**30, 1), "cuda": torch.version.cuda}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        out["driver"] = smi.stdout.strip().splitlines()[0] if smi.returncode == 0 and smi.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        out["driver"] = None
+    return out
+
+
+def hub_revisions(cfg: Profile) -> dict[str, str]:
+    """Every hub model and dataset the profile names, with the commit it is pinned to."""
+    out = {}
+    for w in cfg.weak_models:
+        if w.model not in assets.ASSETS and not Path(w.model).is_dir():
+            out[f"model {w.model}"] = w.revision or "latest (unpinned)"
+    for t in cfg.tasks:
+        hub = t.params.get("hub_id") or getattr(_task_class(t.name), "hub_default", "")
+        if hub and not t.params.get("path"):
+            out[f"dataset {hub}"] = t.params.get("revision") or "latest (unpinned)"
+    return out
+
+
+def _task_class(name: str) -> Any:
+    from cowest.tasks import TASKS
+
+    return TASKS[name]
+
+
 def _param_path(p: Path) -> str:
     """A path handed to a notebook: repository-relative when it can be (rendered notebooks show it)."""
     p = p.resolve()
@@ -121,6 +158,8 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
         "profile_hash": cfg.hash(), "commit": _git_commit(), "seed": cfg.seed, "versions": versions(),
         "prompt_digests": prompts.digest(*prompts.names()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+        "accelerator": accelerator(),
+        "hub_revisions": hub_revisions(cfg),
     })
     selected: list[Notebook] = [nb for nb in NOTEBOOKS
                                 if (only is None or nb.number == only) and (start is None or nb.number >= start)]

@@ -161,6 +161,11 @@ class Pipeline:
         """A local folder for offline assets; otherwise the hub id or path as given."""
         return str(assets.hf_folder(weak.model)) if weak.model in assets.ASSETS else weak.model
 
+    def weak_identity(self, weak: WeakSpec) -> dict[str, Any]:
+        """`model_identity` of a weak model, with its hub revision when one is pinned."""
+        ident = self.model_identity(weak.model)
+        return {**ident, "revision": weak.revision} if weak.revision and "model" in ident else ident
+
     @staticmethod
     def model_identity(model: str) -> dict[str, Any]:
         """What names a model's weights: the pinned sha256 of an offline asset; for a local
@@ -183,7 +188,7 @@ class Pipeline:
 
         base = self.weak_base(weak)
         if base not in self._tokenizers:  # every stage renders prompts: load each tokenizer once
-            self._tokenizers[base] = load_tokenizer(base)
+            self._tokenizers[base] = load_tokenizer(base, weak.revision)
         tok = self._tokenizers[base]
         return [render_prompt(tok, prompts.render(f"weak_{fmt}", question=task.render_question(e))) for e in examples]
 
@@ -227,7 +232,7 @@ class Pipeline:
         """
         spec = self.cfg.strong_model(name)
         not_output = {"name", "concurrency", "servers", "n_threads", "timeout_s", "max_retries", "price_in_per_mtok",
-                      "price_out_per_mtok", "free", "api_key_env"}
+                      "price_out_per_mtok", "free", "api_key_env", "stands_in_for"}
         return {**_dump(spec, exclude=not_output & set(type(spec).model_fields)),
                 "weights": self.model_identity(spec.model) if spec.backend == "local" else None}
 
@@ -239,7 +244,7 @@ class Pipeline:
                 for p, e in zip(self.weak_prompts(weak, task, items, fmt), items)]
 
     def sft_inputs(self, task_name: str, weak: WeakSpec, fmt: str) -> dict[str, Any]:
-        return {"rows": stable_hash(self.sft_rows(task_name, weak, fmt)), "base": self.model_identity(weak.model),
+        return {"rows": stable_hash(self.sft_rows(task_name, weak, fmt)), "base": self.weak_identity(weak),
                 "quantization": weak.quantization, "lora": _dump(weak.lora), "sft": _dump(weak.sft),
                 "seed": self.cfg.seed}
 
@@ -270,7 +275,7 @@ class Pipeline:
     # -- weak generation -------------------------------------------------------------
     def drafts_inputs(self, ckpt: Checkpoint, examples: Sequence[Example], k: int, temperature: float) -> dict[str, Any]:
         w = ckpt.weak
-        return {"checkpoint": ckpt.key, "base": self.model_identity(w.model), "quantization": w.quantization,
+        return {"checkpoint": ckpt.key, "base": self.weak_identity(w), "quantization": w.quantization,
                 "prompts": stable_hash(self.weak_prompts(w, self.task(ckpt.task), examples, ckpt.fmt)),
                 "ids": [e.id for e in examples], "k": k, "temperature": temperature,
                 "max_new_tokens": w.max_new_tokens, "gen_batch_size": w.gen_batch_size, "seed": self.cfg.seed}
@@ -284,7 +289,8 @@ class Pipeline:
         weak = ckpt.weak
 
         def build(folder: Path) -> None:
-            model, tok = load_weak(self.weak_base(weak), quantization=weak.quantization, adapter=ckpt.adapter)
+            model, tok = load_weak(self.weak_base(weak), quantization=weak.quantization, adapter=ckpt.adapter,
+                                   revision=weak.revision)
             ps = self.weak_prompts(weak, self.task(ckpt.task), examples, ckpt.fmt)
             outs = generate(model, tok, ps, max_new_tokens=weak.max_new_tokens, temperature=temperature,
                             num_samples=k, seed=self.cfg.seed, batch_size=weak.gen_batch_size,
@@ -371,7 +377,7 @@ class Pipeline:
 
     def dpo_inputs(self, start: Checkpoint, pairs: list[dict[str, str]]) -> dict[str, Any]:
         w = start.weak
-        return {"start": start.key, "pairs": stable_hash(pairs), "base": self.model_identity(w.model),
+        return {"start": start.key, "pairs": stable_hash(pairs), "base": self.weak_identity(w),
                 "quantization": w.quantization, "dpo": _dump(w.dpo), "seed": self.cfg.seed}
 
     def dpo(self, start: Checkpoint, prefs: dict[str, Any], *, tag: str, volume: int | None = None) -> Checkpoint:
@@ -591,6 +597,7 @@ class Pipeline:
 
         def build(folder: Path) -> None:
             model, tok = load_weak(self.weak_base(ckpt.weak), quantization=ckpt.weak.quantization,
+                                   revision=ckpt.weak.revision,
                                    adapter=ckpt.adapter)
             ps = self.weak_prompts(ckpt.weak, task, items, ckpt.fmt)
             write_json(folder / "confidence.json", [answer_confidence(model, tok, p, d, pr) if pr else 0.0

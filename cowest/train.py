@@ -333,12 +333,12 @@ def sft(
         raise ValueError("sft: no training rows")
     _trl_overrides(weak, "sft", SFTConfig)  # unknown trl keys fail before anything is loaded
     set_seed(seed)
-    eos = end_token(load_tokenizer(base_model))
+    eos = end_token(load_tokenizer(base_model, weak.revision))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         work = tmp / "_trainer"
         args = sft_config(weak, work, seed, eos)  # bad values fail here, before the model loads
-        model, tok = load_weak(base_model, quantization=weak.quantization, trainable=True)
+        model, tok = load_weak(base_model, quantization=weak.quantization, trainable=True, revision=weak.revision)
         tok.padding_side = "right"
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
         n_long = _count_too_long(tok, [r["prompt"] + r["completion"] for r in rows], args.max_length)
@@ -405,7 +405,7 @@ def dpo(
         work = tmp / "_trainer"
         args = dpo_config(weak, work, seed)  # bad values fail here, before the model loads
         model, tok = load_weak(base_model, quantization=weak.quantization, adapter=Path(sft_adapter),
-                               trainable=True)
+                               trainable=True, revision=weak.revision)
         if list(model.peft_config) != ["default"]:
             raise RuntimeError(f"expected one adapter named 'default', got {list(model.peft_config)}")
         tok.padding_side = "right"

@@ -70,11 +70,11 @@ def compute_dtype(device: str) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(source: str | Path) -> Any:
-    """The tokenizer of `source` with a pad token and left padding (for generation)."""
+def load_tokenizer(source: str | Path, revision: str | None = None) -> Any:
+    """The tokenizer of `source` (at hub commit `revision`) with a pad token and left padding."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(source))
+    tok = AutoTokenizer.from_pretrained(str(source), revision=revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -89,6 +89,7 @@ def load_weak(
     trainable: bool = False,
     device: str | None = None,
     merge: bool = True,
+    revision: str | None = None,
 ) -> tuple[Any, Any]:
     """Load the weak model and its tokenizer.
 
@@ -111,6 +112,7 @@ def load_weak(
             flagged against the CPU 4-bit trap (module docstring); an adapter is loaded
             trainable. Otherwise the model is frozen and in eval mode.
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"``...; default CUDA when available.
+        revision: the hub commit of ``model`` (``WeakSpec.revision``; None: the latest).
         merge: merge an inference adapter into the weights (see ``adapter``). In bfloat16
             (CUDA) the merged weights are rounded once to bfloat16, which can change a rare
             near-tie of greedy decoding; pass ``merge=False`` to keep the adapter separate.
@@ -136,15 +138,15 @@ def load_weak(
     elif device != "cpu":
         kwargs["device_map"] = {"": device}
 
-    net = AutoModelForCausalLM.from_pretrained(str(model), **kwargs)
+    net = AutoModelForCausalLM.from_pretrained(str(model), revision=revision, **kwargs)
     quantizer = getattr(net, "hf_quantizer", None)
     if quantizer is not None and "gguf" in str(getattr(quantizer, "quantization_config", "")).lower():
         quantizer.remove_quantization_config(net)  # GGUF markers make trainers refuse the model
 
     tok_source: str | Path = model
     if adapter is not None and (Path(adapter) / "tokenizer_config.json").exists():
-        tok_source = adapter
-    tok = load_tokenizer(tok_source)
+        tok_source, revision = adapter, None
+    tok = load_tokenizer(tok_source, revision)
     if net.generation_config.pad_token_id is None:
         net.generation_config.pad_token_id = tok.pad_token_id
 

@@ -149,6 +149,7 @@ class RealTask(Task):
     common_defaults: ClassVar[dict[str, Any]] = {
         "path": None,
         "hub_id": None,
+        "revision": None,  # hub commit of the dataset (None: the latest, unpinned)
         "max_rationale_words": 60,
         "val_size": 500,
         "split_seed": 0,
@@ -229,7 +230,7 @@ class RealTask(Task):
         try:
             import datasets
 
-            dd = datasets.load_dataset(self.hub_id)
+            dd = datasets.load_dataset(self.hub_id, revision=self.params["revision"])
         except DatasetUnavailable:
             raise
         except Exception as err:  # connection, auth, missing repo, cache miss...
