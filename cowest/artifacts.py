@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -364,13 +365,15 @@ class Store:
                     self.reused.append((kind, key))
                     self._journal("reused", kind, key)
                 else:
-                    self._build(kind, key, material, folder, build, outputs)
+                    self._build(kind, key, material, folder, build, outputs, alias)
         if alias:
             self.link(kind, alias, folder)
         return folder
 
     def _build(self, kind: str, key: str, material: Any, folder: Path, build: Callable[[Path], Any],
-               outputs: list[str]) -> None:
+               outputs: list[str], alias: str | None = None) -> None:
+        t0 = time.monotonic()
+        self._journal("started", kind, key, alias=alias)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / MARKER).unlink(missing_ok=True)
         _remove_temporaries(folder)  # left by a build that was killed
@@ -380,19 +383,20 @@ class Store:
             raise RuntimeError(f"stage {kind} ({folder}) finished without its outputs {missing}")
         if isinstance(failed, int) and failed > 0:
             self.incomplete.add((kind, key))
-            self._journal("incomplete", kind, key)
+            self._journal("incomplete", kind, key, alias=alias, seconds=round(time.monotonic() - t0, 1))
             warnings.warn(f"stage {kind} {key}: {failed} item(s) failed; it is left unfinished and the next "
                           "run retries them", CowestWarning, stacklevel=2)
         else:
             write_json(folder / MARKER, {"key": key, "kind": kind, "forced_by": self.force, "material": material,
                                          "files": record_files(folder)})
-            self._journal("built", kind, key)
+            self._journal("built", kind, key, alias=alias, seconds=round(time.monotonic() - t0, 1))
         self.built.append((kind, key))
 
-    def _journal(self, event: str, kind: str, key: str) -> None:
+    def _journal(self, event: str, kind: str, key: str, **extra: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        record = {"event": event, "kind": kind, "key": key, **{k: v for k, v in extra.items() if v is not None}}
         with (self.root / JOURNAL).open("a", encoding="utf-8") as f:  # one short line: appends are atomic
-            f.write(json.dumps({"event": event, "kind": kind, "key": key}) + "\n")
+            f.write(json.dumps(record) + "\n")
 
     def link(self, kind: str, alias: str, folder: Path) -> None:
         """``by-name/<kind>/<alias>`` -> ``folder`` (a relative link, so results can move)."""

@@ -15,6 +15,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -104,6 +105,75 @@ def _param_path(p: Path) -> str:
     return p.relative_to(paths.REPO_ROOT).as_posix() if p.is_relative_to(paths.REPO_ROOT) else str(p)
 
 
+class _Prefixed:
+    """A text stream that prefixes each line a notebook prints with ``  | `` (papermill's
+    ``log_output`` streams cell output to the terminal as it is produced)."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.at_start = True
+
+    def write(self, text: str) -> int:
+        out = []
+        for part in text.splitlines(keepends=True):
+            out.append(("  | " if self.at_start else "") + part)
+            self.at_start = part.endswith("\n")
+        self.stream.write("".join(out))
+        self.stream.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+class _JournalTail:
+    """Prints a line to the terminal when a stage starts and when it is built (from the store's
+    journal, which every notebook process appends to), so hours of work are not one silent line."""
+
+    def __init__(self, journal: Path):
+        import threading
+
+        self.journal = journal
+        self.offset = journal.stat().st_size if journal.exists() else 0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "_JournalTail":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=5)
+        self._poll()
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(1.0):
+            self._poll()
+
+    def _poll(self) -> None:
+        import json
+
+        if not self.journal.exists():
+            return
+        with self.journal.open("r", encoding="utf-8") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind("\n") + 1  # whole lines only
+        self.offset += len(chunk[:end].encode("utf-8"))
+        for line in chunk[:end].splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            what = f"{e['kind']} {e.get('alias') or e['key'][:12]}"
+            if e["event"] == "started":
+                print(f"[cowest]     building {what}", flush=True)
+            elif e["event"] in ("built", "incomplete"):
+                state = "built" if e["event"] == "built" else "left unfinished (failed items are retried next run)"
+                print(f"[cowest]     {state}: {what} ({e.get('seconds', '?')} s)", flush=True)
+
+
 class _Activity:
     """What one notebook did: stages built / reused (the store's journal), requests sent (the ledger)."""
 
@@ -176,9 +246,11 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
         target = nb_out / nb.file
         activity.mark()
         try:
-            pm.execute_notebook(str(paths.NOTEBOOK_DIR / nb.file), str(target), parameters=params,
-                                kernel_name=kernel, cwd=str(paths.NOTEBOOK_DIR), progress_bar=False,
-                                report_mode=False)
+            with _JournalTail(out_dir / "runs" / JOURNAL):
+                pm.execute_notebook(str(paths.NOTEBOOK_DIR / nb.file), str(target), parameters=params,
+                                    kernel_name=kernel, cwd=str(paths.NOTEBOOK_DIR), progress_bar=False,
+                                    report_mode=False, log_output=True, stdout_file=_Prefixed(sys.stdout),
+                                    stderr_file=_Prefixed(sys.stderr))
         except pm.PapermillExecutionError as e:
             error = _scrub(f"{e.ename}: {e.evalue}", cfg)
             manifest["notebooks"][nb.file] = {"status": "failed", "seconds": round(time.time() - t0, 1),
