@@ -257,7 +257,7 @@ class Pipeline:
 
         def build(folder: Path) -> None:
             train.sft(self.weak_base(weak), self.sft_rows(task_name, weak, fmt), folder / "adapter",
-                      weak=weak, seed=self.cfg.seed)
+                      weak=weak, seed=self.cfg.seed, checkpoints=folder / "checkpoints")
 
         folder = self.store.stage("sft", self.sft_inputs(task_name, weak, fmt), build, outputs=ADAPTER_FILES,
                                   alias=f"{weak.name}/{task_name}/{fmt}/sft")
@@ -398,7 +398,8 @@ class Pipeline:
             return dataclasses.replace(start, tag=tag, note=note)
 
         def build(folder: Path) -> None:
-            train.dpo(self.weak_base(weak), start.adapter, pairs, folder / "adapter", weak=weak, seed=self.cfg.seed)
+            train.dpo(self.weak_base(weak), start.adapter, pairs, folder / "adapter", weak=weak, seed=self.cfg.seed,
+                      checkpoints=folder / "checkpoints")
 
         folder = self.store.stage("dpo", self.dpo_inputs(start, pairs), build, outputs=ADAPTER_FILES,
                                   alias=f"{weak.name}/{start.task}/{start.fmt}/{tag}")

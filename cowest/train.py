@@ -296,6 +296,18 @@ def _count_too_long(tokenizer: Any, texts: list[str], max_length: int) -> int:
     return n
 
 
+def _last_checkpoint(work: Path) -> str | None:
+    """The newest ``checkpoint-N`` folder a killed run left in ``work`` (None: start fresh)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not Path(work).is_dir():
+        return None
+    last = get_last_checkpoint(str(work))
+    if last:
+        logger.warning("resuming from %s", last)
+    return last
+
+
 def _save(trainer: Any, tokenizer: Any, folder: Path, log: dict[str, Any]) -> None:
     trainer.model.save_pretrained(str(folder), selected_adapters=["default"])
     tokenizer.save_pretrained(str(folder))
@@ -310,6 +322,7 @@ def sft(
     weak: WeakSpec,
     seed: int,
     on_trainer: Callable[[Any], None] | None = None,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
     """Supervised fine-tuning of a LoRA adapter; returns the training log (also saved).
 
@@ -324,6 +337,9 @@ def sft(
             base, ``prepare_model_for_kbit_training``).
         seed: the profile's seed (``set_seed``, ``SFTConfig.seed`` and ``data_seed``).
         on_trainer: called with the ``SFTTrainer`` after construction and before training.
+        checkpoints: a folder that outlives a crash for TRL's checkpoints (saved when the
+            profile's ``sft.trl`` sets ``save_strategy: steps`` and ``save_steps``); a rerun
+            resumes from the last one there, and it is removed once training finishes.
     """
     from datasets import Dataset
     from transformers import set_seed
@@ -336,7 +352,7 @@ def sft(
     eos = end_token(load_tokenizer(base_model, weak.revision))
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        work = tmp / "_trainer"
+        work = Path(checkpoints) if checkpoints else tmp / "_trainer"
         args = sft_config(weak, work, seed, eos)  # bad values fail here, before the model loads
         model, tok = load_weak(base_model, quantization=weak.quantization, trainable=True, revision=weak.revision)
         tok.padding_side = "right"
@@ -346,13 +362,15 @@ def sft(
                                       peft_config=lora_config(weak.lora))
         if on_trainer is not None:
             on_trainer(trainer)
+        resume = _last_checkpoint(work)
         t0 = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         runtime = time.perf_counter() - t0
         mark_trained(trainer.model)
         log = _summary(trainer, "sft", runtime, {
             "n_rows": len(rows), "n_truncated": n_long, "quantization": weak.quantization, "eos_token": eos,
             "seed": seed, "base_model": str(base_model), "weak": _spec_dict(weak),
+            "resumed_from": Path(resume).name if resume else None,
         })
         shutil.rmtree(work, ignore_errors=True)
         tok.padding_side = "left"
@@ -374,6 +392,7 @@ def dpo(
     weak: WeakSpec,
     seed: int,
     on_trainer: Callable[[Any], None] | None = None,
+    checkpoints: Path | None = None,
 ) -> dict[str, Any]:
     """DPO of the SFT adapter against itself as the reference; returns the log (also saved).
 
@@ -391,6 +410,7 @@ def dpo(
         seed: the profile's seed (``set_seed``, ``DPOConfig.seed`` and ``data_seed``).
         on_trainer: called with the ``DPOTrainer`` after construction and before training
             (tests use it to inspect the reference adapter).
+        checkpoints: as for :func:`sft` (``dpo.trl``: ``save_strategy: steps``, ``save_steps``).
     """
     from datasets import Dataset
     from transformers import set_seed
@@ -402,7 +422,7 @@ def dpo(
     set_seed(seed)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
-        work = tmp / "_trainer"
+        work = Path(checkpoints) if checkpoints else tmp / "_trainer"
         args = dpo_config(weak, work, seed)  # bad values fail here, before the model loads
         model, tok = load_weak(base_model, quantization=weak.quantization, adapter=Path(sft_adapter),
                                trainable=True, revision=weak.revision)
@@ -430,14 +450,16 @@ def dpo(
             p.requires_grad_(False)  # frozen: the optimizer must never touch the reference
         if on_trainer is not None:
             on_trainer(trainer)
+        resume = _last_checkpoint(work)
         t0 = time.perf_counter()
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         runtime = time.perf_counter() - t0
         mark_trained(trainer.model)
         log = _summary(trainer, "dpo", runtime, {
             "n_pairs": len(pairs), "n_truncated_sequences": n_long, "quantization": weak.quantization,
             "seed": seed, "reference": "sft adapter (TRL 'ref' copy)", "sft_adapter": str(sft_adapter),
             "base_model": str(base_model), "eos_token": tok.eos_token, "weak": _spec_dict(weak),
+            "resumed_from": Path(resume).name if resume else None,
         })
         shutil.rmtree(work, ignore_errors=True)
         tok.padding_side = "left"

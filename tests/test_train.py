@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import os
 import re
 
@@ -538,3 +539,36 @@ def test_lora_covers_every_linear_layer_by_default_for_every_weak_model():
         for w in load_profile(name).weak_models:
             assert w.lora.target_modules == "all-linear", (name, w.name)
     assert set(lora_config(LoraSpec(target_modules=["q_proj"])).target_modules) == {"q_proj"}
+
+
+def test_sft_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path):
+    """Long training survives a crash: kill an SFT after its second checkpoint, rerun, and it
+    resumes there (TRL's checkpoints, through the profile's `trl:` pass-through)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    driver = Path(__file__).parent / "resume_driver.py"
+    out, ckpts = tmp_path / "adapter", tmp_path / "checkpoints"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen([sys.executable, str(driver), str(out), str(ckpts)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 600
+    while not (ckpts / "checkpoint-2" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stdout.read()[-2000:]
+        assert time.time() < deadline, "no second checkpoint in 10 minutes"
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the checkpoint's files land
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # nothing half-written where the adapter belongs
+    done = subprocess.run([sys.executable, str(driver), str(out), str(ckpts)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    resumed = done.stdout.split("RESUMED_FROM")[1].split()
+    assert resumed[0].startswith("checkpoint-") and int(resumed[0].split("-")[1]) >= 2
+    assert resumed[2] == "6"  # the run finished all its steps
+    assert (out / "adapter_model.safetensors").exists() and not ckpts.exists()  # checkpoints cleaned up
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["resumed_from"] == resumed[0]
