@@ -159,11 +159,12 @@ def _fsync_tree(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
+def atomic_dir(target: Path, commit: bool = True) -> Iterator[Path]:
     """Build a folder under a temporary name; it replaces `target` only on success.
 
     The folder gets the permissions of an ordinary `mkdir` (0o777 & ~umask), and its files
-    are fsynced before the rename.
+    are fsynced before the rename. ``commit=False`` builds and discards (a training process
+    that is not the main one of a multi-process run).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -171,6 +172,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
+        if not commit:
+            return
         _fsync_tree(tmp)
         if target.exists():
             shutil.rmtree(target)

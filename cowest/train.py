@@ -323,6 +323,7 @@ def sft(
     seed: int,
     on_trainer: Callable[[Any], None] | None = None,
     checkpoints: Path | None = None,
+    commit: bool = True,
 ) -> dict[str, Any]:
     """Supervised fine-tuning of a LoRA adapter; returns the training log (also saved).
 
@@ -340,6 +341,8 @@ def sft(
         checkpoints: a folder that outlives a crash for TRL's checkpoints (saved when the
             profile's ``sft.trl`` sets ``save_strategy: steps`` and ``save_steps``); a rerun
             resumes from the last one there, and it is removed once training finishes.
+        commit: False trains without writing ``out_dir`` (the processes other than the main
+            one under ``accelerate launch``, see ``cowest.stage``).
     """
     from datasets import Dataset
     from transformers import set_seed
@@ -351,7 +354,7 @@ def sft(
     set_seed(seed)
     eos = end_token(load_tokenizer(base_model, weak.revision))
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, commit=commit) as tmp:
         work = Path(checkpoints) if checkpoints else tmp / "_trainer"
         args = sft_config(weak, work, seed, eos)  # bad values fail here, before the model loads
         model, tok = load_weak(base_model, quantization=weak.quantization, trainable=True, revision=weak.revision)
@@ -393,6 +396,7 @@ def dpo(
     seed: int,
     on_trainer: Callable[[Any], None] | None = None,
     checkpoints: Path | None = None,
+    commit: bool = True,
 ) -> dict[str, Any]:
     """DPO of the SFT adapter against itself as the reference; returns the log (also saved).
 
@@ -411,6 +415,7 @@ def dpo(
         on_trainer: called with the ``DPOTrainer`` after construction and before training
             (tests use it to inspect the reference adapter).
         checkpoints: as for :func:`sft` (``dpo.trl``: ``save_strategy: steps``, ``save_steps``).
+        commit: as for :func:`sft`.
     """
     from datasets import Dataset
     from transformers import set_seed
@@ -421,7 +426,7 @@ def dpo(
     _trl_overrides(weak, "dpo", DPOConfig)  # unknown trl keys fail before anything is loaded
     set_seed(seed)
     out_dir = Path(out_dir)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, commit=commit) as tmp:
         work = Path(checkpoints) if checkpoints else tmp / "_trainer"
         args = dpo_config(weak, work, seed)  # bad values fail here, before the model loads
         model, tok = load_weak(base_model, quantization=weak.quantization, adapter=Path(sft_adapter),

@@ -572,3 +572,32 @@ def test_sft_killed_mid_training_resumes_from_its_last_checkpoint(tmp_path):
     assert (out / "adapter_model.safetensors").exists() and not ckpts.exists()  # checkpoints cleaned up
     log = json.loads((out / "train_log.json").read_text())
     assert log["resumed_from"] == resumed[0]
+
+
+def test_accelerate_launch_builds_the_stage_the_notebooks_reuse(tmp_path):
+    """The multi-GPU path, run here on the CPU with one process: `accelerate launch -m
+    cowest.stage sft` trains one SFT step into the same stage folder a notebook asks for."""
+    import shutil
+    import subprocess
+    import sys
+
+    from cowest.config import load_profile
+    from cowest.pipeline import Pipeline
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    assert accelerate, "accelerate's launcher is installed with the project"
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COWEST_RESULTS": str(tmp_path)}
+    out = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "-m", "cowest.stage", "sft", "--profile", "smoke", "--task", "synth_ifqa"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "sft stage ready" in out.stdout
+    run = Pipeline(load_profile("smoke"), results=tmp_path)
+    try:
+        ckpt = run.sft("synth_ifqa")  # the same key: reused, not trained again
+        assert run.store.built == [] and ("sft", ckpt.adapter.parent.name) in run.store.reused
+        assert json.loads((ckpt.adapter / "train_log.json").read_text())["global_step"] == 1
+    finally:
+        run.close()
