@@ -8,7 +8,9 @@ touches the network, loads data or needs a key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 from cowest.config import Profile, StrongSpec
 from cowest.preferences import JUDGE_MAX_TOKENS
@@ -94,6 +96,70 @@ def plan(p: Profile) -> list[Line]:
     return lines
 
 
+# ----------------------------------------------------------------------- GPU training time
+# Seconds per optimizer step of 4-bit QLoRA on one GPU, measured by benchmarks/gpu_check.sh
+# (results/benchmarks/gpu_check.json, an H200, Llama-3-8B architecture, the paper profile's
+# LoRA and batch: SFT 8 x 2 rows of ~630 tokens, DPO 4 x 4 pairs of ~630 tokens per side).
+# Other weak models scale by parameter count (an estimate, not a measurement).
+GPU_STEP_SECONDS = {"sft": 1.76, "dpo": 4.78}
+GPU_MEASURED_BILLIONS = 8.0
+
+
+@dataclass
+class TrainLine:
+    notebook: str
+    what: str
+    weak: Any
+    kind: str  # "sft" or "dpo"
+    rows: int  # training rows (SFT) or pairs (DPO), per epoch
+
+    @property
+    def steps(self) -> int:
+        spec = self.weak.sft if self.kind == "sft" else self.weak.dpo
+        return math.ceil(self.rows * spec.epochs / (spec.batch_size * spec.grad_accum))
+
+    @property
+    def gpu_hours(self) -> float:
+        from cowest.preflight import _billions
+
+        scale = (_billions(self.weak.model) or GPU_MEASURED_BILLIONS) / GPU_MEASURED_BILLIONS
+        return self.steps * GPU_STEP_SECONDS[self.kind] * scale / 3600
+
+
+def _offline() -> set[str]:
+    from cowest.assets import ASSETS
+
+    return set(ASSETS)
+
+
+def training_plan(p: Profile) -> list[TrainLine]:
+    """The SFT and DPO runs a profile's notebooks train, with their sizes (pairs at the
+    mining cap: n_queries x max_pairs_per_query, an upper bound)."""
+    c, a = p.collab, p.ablations
+    pairs = c.n_queries * c.max_pairs_per_query
+    out: list[TrainLine] = []
+    for t in p.tasks:
+        out.append(TrainLine("02", f"{t.name}: SFT", p.weak, "sft", t.n_train))
+        out.append(TrainLine("04", f"{t.name}: DPO (CoWest, RLWF)", p.weak, "dpo", 2 * pairs))
+    for name in a.tasks:
+        t = p.task(name)
+        others = [f for f in a.formats if f != c.format]
+        out.append(TrainLine("06", f"{name}: SFT + DPO in {len(others)} more formats", p.weak, "sft",
+                             len(others) * t.n_train))
+        out.append(TrainLine("06", f"{name}: DPO in {len(others)} more formats", p.weak, "dpo", len(others) * pairs))
+        out.append(TrainLine("07", f"{name}: DPO with {len(a.strong_models) - 1} other strong models", p.weak, "dpo",
+                             max(0, len(a.strong_models) - 1) * pairs))
+        for wname in a.weak_models:
+            if wname != p.weak.name:
+                w = p.weak_model(wname)
+                out.append(TrainLine("08", f"{name}: {wname} SFT", w, "sft", t.n_train))
+                out.append(TrainLine("08", f"{name}: {wname} DPO", w, "dpo", pairs))
+        out.append(TrainLine("09", f"{name}: DPO at volumes {a.volumes}", p.weak, "dpo", sum(min(v, pairs) for v in a.volumes)))
+        out.append(TrainLine("10", f"{name}: rounds 2..{a.rounds} and the other evaluator", p.weak, "dpo",
+                             (max(0, a.rounds - 1) + len(a.evaluators) - 1) * pairs))
+    return out
+
+
 def print_plan(p: Profile) -> None:
     lines = plan(p)
     print(f"Planned strong-model calls for profile {p.name!r} ({p.source}); nothing is sent.\n")
@@ -106,6 +172,10 @@ def print_plan(p: Profile) -> None:
     print(f"\ntotal: {tot} calls, {sum(ln.prompt_tokens for ln in lines)} prompt tokens, "
           f"{sum(ln.completion_tokens for ln in lines)} completion tokens (upper bound), ${cost:.2f} "
           f"(upper bound; cached calls cost nothing)")
+    per_nb: dict[str, float] = {}
+    for ln in lines:
+        per_nb[ln.notebook] = per_nb.get(ln.notebook, 0.0) + ln.cost
+    print("by notebook: " + ", ".join(f"{nb} ${c:,.2f}" for nb, c in sorted(per_nb.items())))
     local = [ln for ln in lines if ln.model.backend == "local"]
     if local:
         secs = sum(ln.calls * LOCAL_SECONDS_PER_CALL.get(ln.model.model, 3.0) for ln in local)
@@ -116,3 +186,13 @@ def print_plan(p: Profile) -> None:
             print(f"  {m.name}: {m.base_url}, key from ${m.api_key_env or '(none)'}")
     if p.budget_usd is not None:
         print(f"budget cap: ${p.budget_usd:.2f} ({'within' if cost <= p.budget_usd else 'ABOVE'} the cap)")
+    if any(w.quantization == "4bit" and w.model not in _offline() for w in p.weak_models):
+        train = training_plan(p)
+        print("\nGPU training (4-bit QLoRA, one GPU; from step times measured on an H200 by benchmarks/gpu_check.sh, "
+              "scaled by parameter count; drafting and evaluation come on top):")
+        by_nb: dict[str, float] = {}
+        for t in train:
+            by_nb[t.notebook] = by_nb.get(t.notebook, 0.0) + t.gpu_hours
+        for nb, h in sorted(by_nb.items()):
+            print(f"  notebook {nb}: {h:5.1f} GPU-hours")
+        print(f"  total: {sum(by_nb.values()):.1f} GPU-hours")

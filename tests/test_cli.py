@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -102,3 +104,30 @@ def test_user_errors_print_one_line_not_a_traceback(tmp_path):
     out = _cli("run", "--profile", str(bad), "--dry-run")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "collab.k: must be >= 1" in out.stderr
+
+
+def test_readme_cost_table_matches_the_dry_run():
+    """The README's per-notebook API cost and GPU-hours of the paper profile come from the
+    dry run; this fails when the profile changes and the table does not."""
+    import re
+
+    from cowest.config import load_profile
+    from cowest.plan import plan, training_plan
+
+    p = load_profile("paper")
+    cost, hours = {}, {}
+    for ln in plan(p):
+        cost[ln.notebook] = cost.get(ln.notebook, 0.0) + ln.cost
+    for t in training_plan(p):
+        hours[t.notebook] = hours.get(t.notebook, 0.0) + t.gpu_hours
+    text = (REPO / "README.md").read_text()
+    table = text[text.index("| notebook | API cost (USD) | GPU-hours of training |"):].split("\n\n")[0]
+    for row in table.splitlines()[2:]:
+        nb, usd, gpu = [c.strip() for c in row.strip("|").split("|")]
+        if nb == "total":
+            assert float(usd) == pytest.approx(sum(cost.values()), abs=1)
+            assert float(gpu) == pytest.approx(sum(hours.values()), abs=0.1)
+            continue
+        num = re.match(r"\d\d", nb).group(0)
+        assert float(usd) == pytest.approx(cost.get(num, 0.0), abs=1), nb
+        assert float(gpu) == pytest.approx(hours.get(num, 0.0), abs=0.1), nb
