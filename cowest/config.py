@@ -138,6 +138,19 @@ class DPOSpec(_Spec):
     trl: dict[str, Any] = {}  # passed as is to trl.DPOConfig
 
 
+class DraftServerSpec(_Spec):
+    """The weak model's drafts from an OpenAI-compatible server instead of transformers."""
+
+    # None: a local llama.cpp server on the weak model's offline GGUF, its adapter converted to
+    # a GGUF LoRA (cowest.lora_gguf); a URL: a vLLM server started with --enable-lora, the
+    # adapter loaded by name through its /v1/load_lora_adapter (the server must see the path)
+    base_url: str | None = None
+    api_key_env: str | None = None  # the key's environment variable, for a base_url that needs one
+    n_threads: Count = 2  # local llama.cpp server threads
+    n_ctx: Count = 1024  # local llama.cpp context length
+    concurrency: Count = 1  # requests in flight
+
+
 class WeakSpec(_Spec):
     name: str  # label used in tables and paths
     model: str  # offline asset name (cowest.assets), hub id, or local folder
@@ -148,6 +161,7 @@ class WeakSpec(_Spec):
     lora: LoraSpec = LoraSpec()  # adapter shape
     max_new_tokens: Count = 64  # draft length
     gen_batch_size: Count = 16  # prompts per generation batch
+    draft_server: DraftServerSpec | None = None  # drafts from a server (llama.cpp, vLLM) instead of transformers
 
 
 class StrongSpec(_Spec):

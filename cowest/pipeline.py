@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import os
 import random
 import uuid
 import warnings
@@ -275,10 +276,13 @@ class Pipeline:
     # -- weak generation -------------------------------------------------------------
     def drafts_inputs(self, ckpt: Checkpoint, examples: Sequence[Example], k: int, temperature: float) -> dict[str, Any]:
         w = ckpt.weak
-        return {"checkpoint": ckpt.key, "base": self.weak_identity(w), "quantization": w.quantization,
-                "prompts": stable_hash(self.weak_prompts(w, self.task(ckpt.task), examples, ckpt.fmt)),
-                "ids": [e.id for e in examples], "k": k, "temperature": temperature,
-                "max_new_tokens": w.max_new_tokens, "gen_batch_size": w.gen_batch_size, "seed": self.cfg.seed}
+        out = {"checkpoint": ckpt.key, "base": self.weak_identity(w), "quantization": w.quantization,
+               "prompts": stable_hash(self.weak_prompts(w, self.task(ckpt.task), examples, ckpt.fmt)),
+               "ids": [e.id for e in examples], "k": k, "temperature": temperature,
+               "max_new_tokens": w.max_new_tokens, "gen_batch_size": w.gen_batch_size, "seed": self.cfg.seed}
+        if w.draft_server is not None:  # another engine, other numerics: other drafts
+            out["server"] = _dump(w.draft_server, exclude={"concurrency", "n_threads", "api_key_env"})
+        return out
 
     def drafts(
         self, ckpt: Checkpoint, examples: Sequence[Example], *, k: int = 1, temperature: float = 0.0
@@ -288,18 +292,82 @@ class Pipeline:
 
         weak = ckpt.weak
 
-        def build(folder: Path) -> None:
-            model, tok = load_weak(self.weak_base(weak), quantization=weak.quantization, adapter=ckpt.adapter,
-                                   revision=weak.revision)
+        def build(folder: Path) -> int:
             ps = self.weak_prompts(weak, self.task(ckpt.task), examples, ckpt.fmt)
-            outs = generate(model, tok, ps, max_new_tokens=weak.max_new_tokens, temperature=temperature,
-                            num_samples=k, seed=self.cfg.seed, batch_size=weak.gen_batch_size,
-                            desc=f"drafts {ckpt.id}")
+            if weak.draft_server is not None:
+                outs, failed = self._server_drafts(ckpt, ps, k, temperature, folder)
+            else:
+                model, tok = load_weak(self.weak_base(weak), quantization=weak.quantization, adapter=ckpt.adapter,
+                                       revision=weak.revision)
+                outs = generate(model, tok, ps, max_new_tokens=weak.max_new_tokens, temperature=temperature,
+                                num_samples=k, seed=self.cfg.seed, batch_size=weak.gen_batch_size,
+                                desc=f"drafts {ckpt.id}")
+                failed = 0
             write_jsonl(folder / "drafts.jsonl", [{"id": e.id, "drafts": o} for e, o in zip(examples, outs)])
+            return failed
 
         folder = self.store.stage("drafts", self.drafts_inputs(ckpt, examples, k, temperature), build,
                                   outputs=["drafts.jsonl"])
         return [r["drafts"] for r in read_jsonl(folder / "drafts.jsonl")]
+
+    def _server_drafts(self, ckpt: Checkpoint, prompts: list[str], k: int, temperature: float,
+                       folder: Path) -> tuple[list[list[str]], int]:
+        """Drafts from `weak.draft_server` through a `StrongClient` (the request cache and the
+        ledger included): k samples per prompt (`sample_index` 0..k-1), completion mode on the
+        rendered prompt. Returns the drafts and how many requests failed (their text is empty)."""
+        import httpx
+
+        from cowest.client import StrongClient
+        from cowest.config import StrongSpec
+        from cowest.server import LocalServer, ServerPool
+
+        weak, ds = ckpt.weak, ckpt.weak.draft_server
+        assert ds is not None
+        adapter_id = file_digest(ckpt.adapter / "adapter_model.safetensors") if ckpt.adapter else "none"
+        if ds.base_url is None:
+            if weak.model not in assets.ASSETS:
+                raise ValueError(f"weak model {weak.name}: a local llama.cpp draft server needs an offline GGUF "
+                                 f"model (cowest.assets), not {weak.model!r}; set draft_server.base_url to a vLLM server")
+            extra: list[str] = []
+            if ckpt.adapter is not None:
+                from cowest.lora_gguf import peft_to_gguf
+
+                lora = peft_to_gguf(ckpt.adapter, assets.gguf_path(weak.model), folder / "adapter.gguf")
+                extra = ["--lora_path", str(lora)]
+            server = LocalServer(assets.gguf_path(weak.model), alias=weak.model, n_threads=ds.n_threads,
+                                 n_ctx=ds.n_ctx, logits_all=False, log_path=self.root / f"server-{weak.name}-drafts.log",
+                                 extra_args=extra, sha256=f"{assets.get_asset(weak.model).sha256}+lora:{adapter_id}")
+            endpoint: Any = ServerPool([server])
+            spec = StrongSpec(name=f"{weak.name}-drafts", model=weak.model, backend="local", mode="completion",
+                              max_tokens=weak.max_new_tokens, temperature=temperature, n_threads=ds.n_threads,
+                              n_ctx=ds.n_ctx, concurrency=ds.concurrency)
+        else:
+            name = f"{weak.name}-{adapter_id}"
+            if ckpt.adapter is not None:  # vLLM: load the adapter under a name that is its content hash
+                key = os.environ.get(ds.api_key_env or "", "")
+                r = httpx.post(ds.base_url.rstrip("/") + "/load_lora_adapter", timeout=120,
+                               json={"lora_name": name, "lora_path": str(ckpt.adapter.resolve())},
+                               headers={"Authorization": f"Bearer {key}"} if key else {})
+                if r.status_code >= 400 and "already" not in r.text:
+                    raise RuntimeError(f"{ds.base_url} refused the adapter {ckpt.adapter}: {r.text[:300]}")
+            endpoint = ds.base_url
+            spec = StrongSpec(name=f"{weak.name}-drafts", model=name if ckpt.adapter else weak.model, backend="api",
+                              base_url=ds.base_url, api_key_env=ds.api_key_env, mode="completion",
+                              max_tokens=weak.max_new_tokens, temperature=temperature, concurrency=ds.concurrency,
+                              free=True)
+        client = StrongClient.from_spec(spec, endpoint=endpoint, cache=self.cache, ledger=self.ledger)
+        try:
+            n = 1 if temperature == 0 else k
+            outs = client.complete_many([p for p in prompts for _ in range(n)], stage=f"drafts:{ckpt.id}",
+                                        sample_indices=[i for _ in prompts for i in range(n)],
+                                        desc=f"drafts {ckpt.id} (server)")
+        finally:
+            if hasattr(endpoint, "stop"):
+                endpoint.stop()
+        texts = [o.text or "" for o in outs]
+        failed = sum(o.error is not None for o in outs)
+        grouped = [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+        return [g * k if n == 1 else g for g in grouped], failed
 
     # -- preferences -----------------------------------------------------------------
     def judge_for(self, task_name: str) -> StrongSpec:
@@ -429,9 +497,12 @@ class Pipeline:
         """The validation items of each gate (`cowest.gates`): held-out recall questions,
         items with their facts stated, and items that have a right-fact, wrong-step draft."""
         task = self.task(task_name)
-        val = self.data(task_name)["validation"][: self.cfg.gates.n_items]
+        n = self.cfg.gates.n_items
+        val = self.data(task_name)["validation"][:n]
         given = [g for g in (task.with_facts(e) for e in val) if g is not None]
-        return {"recall": task.recall_items("validation"), "fact_given": given,
+        # recall: every fact in its first held-out wording, then the second..., capped at n_items
+        recall = sorted(task.recall_items("validation"), key=lambda e: int(e.id.rsplit("-", 1)[1]))
+        return {"recall": recall[:n], "fact_given": given,
                 "draft_use": [e for e in val if task.wrong_step_draft(e) is not None]}
 
     def gate_rows(self, task_name: str, strong: str | None = None, ckpt: Checkpoint | None = None
@@ -475,7 +546,7 @@ class Pipeline:
         from cowest import gates
 
         task = self.task(task_name)
-        items = task.recall_items("validation")
+        items = self.gate_items(task_name)["recall"]
         drafts = [d[0] for d in self.drafts(self.sft(task_name), items)] if items else []
         result = gates.weak_knowledge(task, items, drafts, self.cfg.gates.weak_knowledge)
         self.record_gates([result], None)
