@@ -742,6 +742,7 @@ NON_DEFAULT: dict[str, Any] = {
     "price_in_per_mtok": 1.25,
     "price_out_per_mtok": 2.5,
     "free": True,
+    "stands_in_for": "gpt-4-0613",
 }
 #: spec field -> the StrongClient attribute (and constructor argument) that holds it
 CLIENT_ATTR = {
@@ -764,6 +765,8 @@ ELSEWHERE = {
     "base_url": "the API root of backend 'api': the caller passes it as "
                 "StrongClient.from_spec(endpoint=...) (a local backend passes its "
                 "ServerPool instead)",
+    "stands_in_for": "a label only: the paper's model a substitute replaces, shown by notebooks 05 and 07; "
+                     "it changes no request (left out of the stage keys by Pipeline.strong_inputs)",
 }
 
 

@@ -263,7 +263,7 @@ def test_package_layout_and_params():
     assert TASKS["ifqa"] is real.IfQA and real.IfQA.__module__ == "cowest.tasks.real.ifqa"
     assert TASKS["medmcqa"] is real.MedMCQA and real.MedMCQA.__module__.endswith(".medmcqa")
     assert TASKS["prosocial"] is real.Prosocial and real.Prosocial.__module__.endswith(".prosocial")
-    common = ["connect_timeout", "hub_id", "max_rationale_words", "path", "split_seed", "val_size"]
+    common = ["connect_timeout", "hub_id", "max_rationale_words", "path", "revision", "split_seed", "val_size"]
     assert task_params("ifqa") == common
     assert task_params("medmcqa") == sorted(common + ["cop_base"])
     assert task_params("prosocial") == sorted(common + ["balanced", "granularity"])

@@ -92,6 +92,8 @@ WEAK_ELSEWHERE = {
     "quantization": "train.sft/dpo and pipeline -> weak.load_weak(quantization=)",
     "max_new_tokens": "pipeline.Run.drafts -> weak.generate(max_new_tokens=)",
     "gen_batch_size": "pipeline.Run.drafts -> weak.generate(batch_size=)",
+    "revision": "train.sft/dpo and pipeline -> weak.load_weak(revision=), weak.load_tokenizer(revision)",
+    "draft_server": "pipeline.Pipeline._server_drafts (tests/test_server_drafts.py)",
 }
 
 # values that differ from the smoke profile's and from what this module or TRL would set alone
@@ -193,7 +195,8 @@ def test_unknown_trl_key_fails_before_any_model(tmp_path, monkeypatch):
 def test_training_takes_its_settings_from_the_spec_only():
     for fn in (sft, dpo):
         kw = [n for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY]
-        assert kw == ["weak", "seed", "on_trainer"], fn.__name__
+        # the spec and the seed carry every setting; the rest say where to work, not how to train
+        assert kw == ["weak", "seed", "on_trainer", "checkpoints", "commit"], fn.__name__
     assert not hasattr(train, "DEFAULT_LORA")
 
 
