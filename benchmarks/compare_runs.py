@@ -57,8 +57,8 @@ def compare(before: tuple[dict, pd.DataFrame], after: tuple[dict, pd.DataFrame])
     tot_a = sum(r["after_s"] or 0 for r in rows)
     keys = ["task", "method"]
     metric_cols = [c for c in ("ours 1", "ours 2") if c in tb.columns and c in ta.columns]
-    joined = tb.set_index(keys)[["n", *metric_cols]].join(ta.set_index(keys)[["n", *metric_cols]],
-                                                         lsuffix=" before", rsuffix=" after", how="outer")
+    cols = [*keys, "n", *metric_cols]
+    joined = tb[cols].merge(ta[cols], on=keys, how="outer", suffixes=(" before", " after")).set_index(keys)
     diffs = {c: float((joined[f"{c} after"] - joined[f"{c} before"]).abs().max()) for c in metric_cols}
     ledger = lambda m: (m.get("ledger") or {}).get("totals", {})  # noqa: E731
     return {
@@ -97,14 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--after", type=Path, required=True, help="the results folder of the new run")
     ap.add_argument("--out", type=Path, required=True, help="OUT.json and OUT.md are written")
     ap.add_argument("--title", default="Tiny profile: before and after the throughput levers")
+    ap.add_argument("--note", default="", help="how the runs were made (written under the table)")
     a = ap.parse_args(argv)
     if not (a.before_commit or a.before):
         ap.error("give --before-commit or --before")
     r = compare(load(a.before_commit, a.before, a.profile), load(None, a.after, a.profile))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.with_suffix(".json").write_text(json.dumps(r, indent=1, default=str) + "\n")
-    a.out.with_suffix(".md").write_text(markdown(r, a.title))
-    print(markdown(r, a.title))
+    r["note"] = a.note
+    text = markdown(r, a.title) + (f"\n{a.note}\n" if a.note else "")
+    a.out.with_suffix(".json").write_text(json.dumps(r, indent=1, default=str) + "\n")
+    a.out.with_suffix(".md").write_text(text)
+    print(text)
     return 0
 
 
