@@ -141,18 +141,13 @@ def make_rows(tok: Any, n: int, lengths: tuple[int, int]) -> tuple[list[dict[str
 
 
 def gpu_info() -> dict[str, Any]:
-    info: dict[str, Any] = {"cuda_available": torch.cuda.is_available()}
+    """`cowest.execute.accelerator()` (what a run's manifest records), plus bf16 support and SMs."""
+    from cowest.execute import accelerator
+
+    info: dict[str, Any] = {"cuda_available": torch.cuda.is_available(), **accelerator()}
     if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info.update({"gpu": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
-                     "multiprocessors": props.multi_processor_count, "cuda": torch.version.cuda,
+        info.update({"multiprocessors": torch.cuda.get_device_properties(0).multi_processor_count,
                      "bf16": torch.cuda.is_bf16_supported()})
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20)
-            info["driver"] = out.stdout.strip()
-        except (OSError, subprocess.SubprocessError) as exc:
-            info["driver"] = f"unknown ({type(exc).__name__})"
     return info
 
 
