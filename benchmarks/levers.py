@@ -1,4 +1,4 @@
-"""Two CPU levers of the weak model, measured side by side in one run, at equal work.
+"""CPU levers, measured side by side in one run, at equal work.
 
 1. The compact LM head (``cowest.train.compact_lm_head``): TRL 1.16 projects every position
    of a batch through the LM head on a CPU; the compact path projects only the completion
@@ -10,6 +10,13 @@
 2. Merged LoRA weights for generation (``cowest.weak.load_weak(..., merge=True)``): greedy
    drafts of the same prompts with the adapter merged into the weights and kept separate;
    the outputs are asserted identical.
+3. FLARE's log-probabilities from the strong model's server (``cowest.llama_server``):
+   greedy chat completions with ``logprobs=True`` from the tiny profile's strong GGUF
+   (Qwen2.5-Coder-0.5B, vocabulary 152k, ``logits_all=True`` as FLARE's server runs), a
+   ~400-token prompt with passages and FLARE's 16-token look-ahead and a 64-token answer,
+   through llama-cpp-python's own ``Llama`` and through ``FastLogprobLlama`` (the same
+   model file loaded twice); the whole responses are asserted equal. The same completion
+   without log-probabilities is timed too: the floor that any logprob path adds to.
 
 The modes alternate within each repetition (A B, B A, ...) so that a slow spell of a shared
 CPU hits both; after one untimed warm-up step, the table reports the fastest repetition of
@@ -279,6 +286,58 @@ def bench_generate(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, 
     }
 
 
+def bench_flare_logprobs(reps: int, threads: int) -> dict[str, Any]:
+    import llama_cpp
+
+    from cowest.assets import gguf_path
+    from cowest.llama_server import FastLogprobLlama
+
+    strong = load_profile("tiny").strong_models[0]
+    kw = dict(model_path=str(gguf_path(strong.model)), n_ctx=1024, n_threads=threads, n_threads_batch=threads,
+              logits_all=True, verbose=False, seed=0)
+    models = {"library": llama_cpp.Llama(**kw), "fast": FastLogprobLlama(**kw)}
+    passages = " ".join(a for _, a in TOPICS)
+    chats = [[{"role": "system", "content": "Answer the question. Use the passages if they help.\n\n" + passages},
+              {"role": "user", "content": f"{q} Think briefly, then end with a line 'Answer: X'."}]
+             for q, _ in TOPICS[:4]]
+    lengths = (16, 64)  # FLARE's look-ahead, then a whole answer
+    outputs: dict[str, list] = {}
+
+    def run(mode: str) -> float:
+        model = models["fast" if mode == "fast" else "library"]
+        lp = {} if mode == "none" else {"logprobs": True, "top_logprobs": 0}
+        t0 = time.perf_counter()
+        out = []
+        for chat in chats:
+            for n in lengths:
+                model.reset()  # no prompt reuse between modes: each call evaluates its prompt
+                r = model.create_chat_completion(chat, max_tokens=n, temperature=0.0, repeat_penalty=1.0, **lp)
+                r = json.loads(json.dumps(r, default=float))
+                r.pop("id"), r.pop("created")
+                out.append(r)
+        dt_ = time.perf_counter() - t0
+        outputs.setdefault(mode, out)
+        return dt_
+
+    for m in models.values():
+        m.create_chat_completion(chats[0], max_tokens=2, temperature=0.0)  # warm-up
+    times: dict[str, list[float]] = {"library": [], "fast": [], "none": []}
+    for i in range(reps):
+        for mode in (("library", "fast", "none") if i % 2 == 0 else ("none", "fast", "library")):
+            times[mode].append(run(mode))
+    if outputs["fast"] != outputs["library"]:
+        raise AssertionError("the fast logprob path returned a different response")
+    texts = [r["choices"][0]["message"]["content"] for r in outputs["none"]]
+    if texts != [r["choices"][0]["message"]["content"] for r in outputs["fast"]]:
+        raise AssertionError("asking for logprobs changed the generated text")
+    n_prompt = sum(r["usage"]["prompt_tokens"] for r in outputs["fast"])
+    n_gen = sum(r["usage"]["completion_tokens"] for r in outputs["fast"])
+    return {"kind": "flare_logprobs", "model": strong.model, "vocab": models["fast"].n_vocab(),
+            "calls": len(chats) * len(lengths), "prompt_tokens": n_prompt, "generated_tokens": n_gen,
+            "library_s": times["library"], "fast_s": times["fast"], "no_logprobs_s": times["none"],
+            "identical_outputs": True}
+
+
 def _versions() -> dict[str, str]:
     import peft
     import transformers
@@ -291,7 +350,13 @@ def _versions() -> dict[str, str]:
 def _table(results: list[dict[str, Any]]) -> str:
     lines = ["| measurement | model | before | after | ratio | check |", "|---|---|---|---|---|---|"]
     for r in results:
-        if r["kind"] == "generate":
+        if r["kind"] == "flare_logprobs":
+            before, after, floor = _best(r["library_s"]), _best(r["fast_s"]), _best(r["no_logprobs_s"])
+            lines.append(f"| FLARE logprobs, {r['calls']} chat calls, {r['prompt_tokens']} prompt + "
+                         f"{r['generated_tokens']} generated tokens (s; llama-cpp-python -> cowest.llama_server; "
+                         f"{floor:.2f} s without logprobs) | {r['model']} (vocab {r['vocab']}) | {before:.2f} | "
+                         f"{after:.2f} | {before / after:.2f}x | identical responses |")
+        elif r["kind"] == "generate":
             before, after = r["unmerged_tok_s"], r["merged_tok_s"]
             lines.append(f"| generation, {r['prompts']} prompts x <= {r['max_new_tokens']} tokens "
                          f"(tokens/s; unmerged -> merged) | {r['model']} | {before:.1f} | {after:.1f} | "
@@ -312,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads (default 1, or COWEST_TEST_THREADS: the 2-core machine is shared)")
     ap.add_argument("--reps", type=int, default=2, help="timed repetitions per mode (default 2)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "levers.json")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["sft-smollm2", "sft-gemma", "dpo", "generate"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["sft-smollm2", "sft-gemma", "dpo", "generate", "flare-logprobs"])
     ns = ap.parse_args(argv)
 
     torch.set_num_threads(ns.threads)
@@ -326,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             ("sft-gemma", lambda: bench_sft("gemma3-270m", profile.weak_model("gemma3-270m"), ns.reps, work)),
             ("dpo", lambda: bench_dpo("smollm2-135m", profile.weak_model("smollm2-135m"), ns.reps, work)),
             ("generate", lambda: bench_generate("smollm2-135m", profile.weak_model("smollm2-135m"), ns.reps, work)),
+            ("flare-logprobs", lambda: bench_flare_logprobs(ns.reps, ns.threads)),
         ]
         for key, fn in plan:
             if key in ns.skip:

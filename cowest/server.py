@@ -1,6 +1,7 @@
 """The local strong model: one job, running llama.cpp server processes safely.
 
-[`LocalServer`] starts `python -m llama_cpp.server` on an offline GGUF model as a context
+[`LocalServer`] starts `python -m cowest.llama_server` (llama-cpp-python's OpenAI server with
+a fast path for log-probabilities, same arguments) on an offline GGUF model as a context
 manager and guarantees that the process is gone afterwards (end of the block, exception,
 Ctrl-C, interpreter exit, SIGTERM; on Linux also any death of the process that started
 it, SIGKILL included, whatever thread called `start`). Build it from a profile with
@@ -216,7 +217,7 @@ class LocalServer:
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            sys.executable, "-m", "cowest.llama_server",
             "--model", str(self.gguf),
             "--host", "127.0.0.1", "--port", str(self.port),
             "--model_alias", self.alias,
