@@ -167,7 +167,7 @@ def make_settings(quick: bool, threads: int, notebook_profile: str = "smoke",
     if quick:
         return Settings(True, threads, (1024, 2048), 3, 8, 1, 1, 4, 2, 4, (1, 2, 4), 600.0,
                         notebook_profile, notebook_timeout_s, strong_builtin)
-    return Settings(False, threads, (1024, 1536, 2048), 5, 20, 2, 3, None, None, 8, (1, 2, 4), 3600.0,
+    return Settings(False, threads, (1024, 1536, 2048), 5, 80, 2, 3, None, None, 8, (1, 2, 4), 3600.0,
                     notebook_profile, notebook_timeout_s, strong_builtin)
 
 
