@@ -3,6 +3,11 @@
     z  = strong(x)       strong_alone()   zero-shot chain of thought ("GPT-4 (CoT)")
     y* = strong(x, y)    refine()         the draft y comes from any weak checkpoint/format
 
+An output that reaches the token limit (`max_tokens`) before its answer line is finished
+by one more short call (`StrongSpec.answer_tokens` tokens, template `strong_answer`) that
+asks for the answer line, as zero-shot chain-of-thought papers extract an answer in a second
+step. The item is then scored on its reasoning followed by that line, never dropped.
+
 Both build their prompts from the templates in `cowest/prompts/` and go through a
 `StrongClient`, so every call is cached, counted in the ledger, and replayable. A strong
 model served in text-completion mode (a base model such as Gemma-3-270M) gets the same
@@ -12,6 +17,7 @@ model does not follow bare instructions.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +25,7 @@ from cowest import prompts
 from cowest.client import StrongClient
 from cowest.replies import Completion
 from cowest.tasks.base import Example, Task
+from cowest.tasks.extract import has_answer_line
 
 
 def answer_hint(task: Task) -> str:
@@ -51,6 +58,8 @@ class Collaborator:
     task: Task
     client: StrongClient
     demos: tuple[Example, ...] = ()  # only used when the client is in completion mode
+    # tokens of the answer pass (the pipeline passes `StrongSpec.answer_tokens`); None: no answer pass
+    answer_tokens: int | None = None
 
     def finish(self, text: str) -> str:
         if self.client.mode == "completion":
@@ -80,17 +89,44 @@ class Collaborator:
 
     def alone(self, examples: Sequence[Example], *, stage: str) -> list[Completion]:
         """z = strong(x) for each example (one call each, shared through the cache)."""
-        return self.client.complete_many(
-            [self.alone_prompt(e) for e in examples], stage=stage, desc=f"{stage}: strong alone", **self.stop_kw()
-        )
+        ps = [self.alone_prompt(e) for e in examples]
+        outs = self.client.complete_many(ps, stage=stage, desc=f"{stage}: strong alone", **self.stop_kw())
+        return self.finish_answers(ps, outs, stage=stage)
 
     def refine(self, examples: Sequence[Example], drafts: Sequence[str], *, stage: str) -> list[Completion]:
         """y* = strong(x, y) for each (example, draft) pair."""
         if len(examples) != len(drafts):
             raise ValueError(f"{len(examples)} examples but {len(drafts)} drafts")
-        return self.client.complete_many(
-            [self.refine_prompt(e, d) for e, d in zip(examples, drafts)],
-            stage=stage,
-            desc=f"{stage}: strong refines drafts",
-            **self.stop_kw(),
-        )
+        ps = [self.refine_prompt(e, d) for e, d in zip(examples, drafts)]
+        outs = self.client.complete_many(ps, stage=stage, desc=f"{stage}: strong refines drafts", **self.stop_kw())
+        return self.finish_answers(ps, outs, stage=stage)
+
+    def answer_prompt(self, prompt: str, partial: str) -> str:
+        """The answer pass's prompt for an output `partial` of `prompt` that was cut off."""
+        if self.client.mode == "completion":  # a base model continues its own text
+            return f"{prompt}{partial.rstrip()}\nAnswer:"
+        return prompts.render("strong_answer", prompt=prompt, partial=partial.strip(),
+                              answer_hint=answer_hint(self.task))
+
+    def finish_answers(self, ps: Sequence[str], outs: Sequence[Completion], *, stage: str) -> list[Completion]:
+        """Each output cut by the token limit before its answer line, followed by the answer
+        line of one more short call (cached and counted like any call); the others unchanged."""
+        cut = [i for i, o in enumerate(outs)
+               if self.answer_tokens and o.ok and o.finish_reason == "length" and not has_answer_line(o.text)]
+        if not cut:
+            return list(outs)
+        more = self.client.complete_many([self.answer_prompt(ps[i], outs[i].text) for i in cut], stage=stage,
+                                         desc=f"{stage}: answer lines", max_tokens=self.answer_tokens,
+                                         **self.stop_kw())
+        out = list(outs)
+        for i, m in zip(cut, more):
+            o = outs[i]
+            line = next((ln.strip() for ln in m.text.splitlines() if ln.strip()), "")
+            if not has_answer_line(line):
+                line = f"Answer: {line}"
+            out[i] = dataclasses.replace(
+                o, text=f"{o.text.rstrip()}\n{line}", prompt_tokens=o.prompt_tokens + m.prompt_tokens,
+                completion_tokens=o.completion_tokens + m.completion_tokens, cached=o.cached and m.cached,
+                latency_s=o.latency_s + m.latency_s, finish_reason=m.finish_reason, answer_pass=True,
+                error=None if m.error is None else f"answer pass: {m.error}")
+        return out

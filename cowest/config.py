@@ -172,6 +172,9 @@ class StrongSpec(_Spec):
     api_key_env: str | None = None  # name of the environment variable holding the key
     mode: Literal["chat", "completion"] = "chat"  # completion for base models
     max_tokens: Count = 128  # completion length limit
+    # an output cut by max_tokens before its answer line gets one more call of at most this
+    # many tokens that asks for the answer line (`cowest.collaborate`); null: no such call
+    answer_tokens: Count | None = 16
     temperature: Temperature = 0.0  # sampling temperature, in [0, 2]
     top_p: Annotated[float, Strict(), Gt(0), Le(1)] = 1.0  # nucleus sampling, in (0, 1]
     system_prompt: str | None = None  # chat mode: a system message before every prompt
@@ -197,6 +200,9 @@ class CollabSpec(_Spec):
     judge: str | None = None  # strong-model name used as judge (default: the main strong model)
     pairing: Literal["all", "extremes"] = "all"  # see cowest.preferences.make_pairs
     max_pairs_per_query: Count = 4  # preference pairs kept per query
+    # DPO runs of each aligned method (CoWest, RLWF) in the main table, seeds seed, seed+1, ...;
+    # all start from the one SFT checkpoint and train on the one mined pair set
+    dpo_seeds: Count = 1
 
 
 class FlareSpec(_Spec):

@@ -36,7 +36,7 @@ from cowest.tasks.base import Example, Task
 PREF_SPLIT = "prefq"  # training-split questions held out from SFT, mined for preferences
 ADAPTER_FILES = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
 # the prompt templates each evaluated method renders (part of its stage key)
-METHOD_TEMPLATES = {"weak": [], "strong": ["strong_alone"], "collab": ["strong_refine"],
+METHOD_TEMPLATES = {"weak": [], "strong": ["strong_alone", "strong_answer"], "collab": ["strong_refine", "strong_answer"],
                     "flare": ["flare", "strong_alone"], "supericl": ["supericl"]}
 
 
@@ -218,7 +218,9 @@ class Pipeline:
         from cowest.collaborate import Collaborator
 
         client = self.strong(strong, logprobs=logprobs)
-        return Collaborator(self.task(task_name), client, self._demos(task_name, client.mode))
+        spec = self.cfg.strong_model(strong) if strong else self.cfg.strong
+        return Collaborator(self.task(task_name), client, self._demos(task_name, client.mode),
+                            answer_tokens=spec.answer_tokens)
 
     def _demos(self, task_name: str, mode: str) -> tuple[Example, ...]:
         # a base model served in completion mode gets worked examples, from the training split only
@@ -389,7 +391,8 @@ class Pipeline:
         c = self.cfg.collab
         qs = self.data(ckpt.task)[PREF_SPLIT]
         judge = self.judge_for(ckpt.task).name if evaluator == "llm_judge" else None
-        templates = (["strong_alone", "strong_refine"] if feedback == "collab" else []) + (["judge"] if judge else [])
+        templates = (["strong_alone", "strong_refine", "strong_answer"] if feedback == "collab" else []) + (
+            ["judge"] if judge else [])
         return {"drafts": self.store.key("drafts", self.drafts_inputs(ckpt, qs, c.k, c.temperature)),
                 "queries": _items_hash(qs), "feedback": feedback, "evaluator": evaluator,
                 "strong": self.strong_inputs(strong) if strong else None,
@@ -443,16 +446,29 @@ class Pipeline:
             pairs = order[: min(volume, len(order))]
         return [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
 
-    def dpo_inputs(self, start: Checkpoint, pairs: list[dict[str, str]]) -> dict[str, Any]:
+    def dpo_inputs(self, start: Checkpoint, pairs: list[dict[str, str]], seed: int) -> dict[str, Any]:
         w = start.weak
         return {"start": start.key, "pairs": stable_hash(pairs), "base": self.weak_identity(w),
-                "quantization": w.quantization, "dpo": _dump(w.dpo), "seed": self.cfg.seed}
+                "quantization": w.quantization, "dpo": _dump(w.dpo), "seed": seed}
 
-    def dpo(self, start: Checkpoint, prefs: dict[str, Any], *, tag: str, volume: int | None = None) -> Checkpoint:
-        """DPO from `start` (its adapter is both the starting point and the frozen reference)."""
+    @property
+    def dpo_seeds(self) -> list[int]:
+        """The seeds of the main table's DPO runs: ``seed``, ``seed + 1``, ... (``collab.dpo_seeds`` of them)."""
+        return [self.cfg.seed + i for i in range(self.cfg.collab.dpo_seeds)]
+
+    def dpo(self, start: Checkpoint, prefs: dict[str, Any], *, tag: str, volume: int | None = None,
+            seed: int | None = None) -> Checkpoint:
+        """DPO from `start` (its adapter is both the starting point and the frozen reference).
+
+        ``seed`` (default: the profile's) seeds training: the order of the pairs and LoRA's
+        dropout. The start and the pairs are the same for every seed, so seeds measure how
+        much one DPO run varies by chance alone."""
         from cowest import train
 
         weak = start.weak
+        seed = self.cfg.seed if seed is None else seed
+        if seed != self.cfg.seed:
+            tag = f"{tag}-seed{seed}"
         pairs = self.dpo_pairs(prefs, volume)
         if not pairs:
             # Nothing to align on: say so loudly and keep the starting weights (the same key, so
@@ -466,31 +482,34 @@ class Pipeline:
             return dataclasses.replace(start, tag=tag, note=note)
 
         def build(folder: Path) -> None:
-            train.dpo(self.weak_base(weak), start.adapter, pairs, folder / "adapter", weak=weak, seed=self.cfg.seed,
+            train.dpo(self.weak_base(weak), start.adapter, pairs, folder / "adapter", weak=weak, seed=seed,
                       checkpoints=folder / "checkpoints")
 
-        folder = self.store.stage("dpo", self.dpo_inputs(start, pairs), build, outputs=ADAPTER_FILES,
+        folder = self.store.stage("dpo", self.dpo_inputs(start, pairs, seed), build, outputs=ADAPTER_FILES,
                                   alias=f"{weak.name}/{start.task}/{start.fmt}/{tag}")
         return self._checkpoint(weak, start.task, start.fmt, tag, folder)
 
     def cowest(
         self, task_name: str, *, weak: WeakSpec | None = None, fmt: str | None = None, rounds: int = 1,
         evaluator: str | None = None, strong: str | None = None, volume: int | None = None,
+        seed: int | None = None,
     ) -> list[Checkpoint]:
-        """SFT, then `rounds` rounds of (mine collaborative preferences -> DPO). One checkpoint per round."""
+        """SFT, then `rounds` rounds of (mine collaborative preferences -> DPO). One checkpoint per round.
+        ``seed``: the DPO seed (default the profile's; see :attr:`dpo_seeds`)."""
         ckpt = self.sft(task_name, weak, fmt)
         out = []
         suffix = "".join(f"-{k}{v}" for k, v in [("", evaluator), ("s-", strong), ("v", volume)] if v is not None)
         for r in range(1, rounds + 1):
             prefs = self.preferences(ckpt, evaluator=evaluator, strong=strong)
-            ckpt = self.dpo(ckpt, prefs, tag=f"cowest-r{r}{suffix}", volume=volume)
+            ckpt = self.dpo(ckpt, prefs, tag=f"cowest-r{r}{suffix}", volume=volume, seed=seed)
             out.append(ckpt)
         return out
 
-    def rlwf(self, task_name: str, *, weak: WeakSpec | None = None, fmt: str | None = None) -> Checkpoint:
+    def rlwf(self, task_name: str, *, weak: WeakSpec | None = None, fmt: str | None = None,
+             seed: int | None = None) -> Checkpoint:
         """RLWF as we define it: DPO on single-model feedback (drafts scored on their own)."""
         sft = self.sft(task_name, weak, fmt)
-        return self.dpo(sft, self.preferences(sft, feedback="single"), tag="rlwf")
+        return self.dpo(sft, self.preferences(sft, feedback="single"), tag="rlwf", seed=seed)
 
     # -- the division-of-labour gates (validation items only) ---------------------------
     def gate_items(self, task_name: str) -> dict[str, list[Example]]:
@@ -639,7 +658,8 @@ class Pipeline:
 
         if method == "strong":
             outs = self.collaborator(task_name, strong).alone(items, stage=stage)
-            return [{"id": e.id, "final": o.text, "error": o.error} for e, o in zip(items, outs)]
+            return [{"id": e.id, "final": o.text, "error": o.error, "answer_pass": o.answer_pass}
+                    for e, o in zip(items, outs)]
         if method == "flare":
             task = self.task(task_name)
             return baselines.run_flare(
@@ -657,7 +677,8 @@ class Pipeline:
         if method == "weak":
             return [{"id": e.id, "draft": d, "final": d} for e, d in zip(items, drafts)]
         outs = self.collaborator(task_name, strong).refine(items, drafts, stage=stage)
-        return [{"id": e.id, "draft": d, "final": o.text, "error": o.error} for e, d, o in zip(items, drafts, outs)]
+        return [{"id": e.id, "draft": d, "final": o.text, "error": o.error, "answer_pass": o.answer_pass}
+                for e, d, o in zip(items, drafts, outs)]
 
     def _weak_predictions(self, ckpt: Checkpoint, items: Sequence[Example]) -> tuple[list[str], list[float]]:
         """The weak model's greedy answer and its confidence (probability of the answer tokens)."""

@@ -130,6 +130,9 @@ class Completion:
             text is empty or only whitespace. Returned by the client (with `error` `None`)
             once the `min(1, max_retries)` retry was blank too: the model's answer (e.g. a
             completion-mode model that stops at once on its stop sequence).
+        answer_pass: the text is an output cut by the token limit before its answer line,
+            followed by the answer line that a second, short call gave
+            ([`Collaborator`](cowest.collaborate.Collaborator); never cached as one reply).
     """
 
     text: str
@@ -143,6 +146,7 @@ class Completion:
     finish_reason: str | None = None
     original_latency_s: float | None = None
     blank: bool = False
+    answer_pass: bool = False  # the answer line came from a second call (`cowest.collaborate`)
 
     @property
     def ok(self) -> bool:

@@ -51,6 +51,38 @@ def save_figure(fig: Any, folder: Path, name: str) -> list[Path]:
     return out
 
 
+def interval(text: str) -> tuple[float, float]:
+    """The widest interval in a CI cell: ``"[1.0, 2.0]"`` or several joined by ``"; "`` (seeds)."""
+    parts = [[float(x) for x in p.strip().strip("[]").split(",")] for p in str(text).split(";") if p.strip()]
+    return min(lo for lo, _ in parts), max(hi for _, hi in parts)
+
+
+def bar_with_intervals(ax: Any, df: pd.DataFrame, *, x: str, y: str, hue: str, ci: str,
+                       order: Sequence[Any] | None = None, hue_order: Sequence[Any] | None = None) -> None:
+    """Grouped bars of ``y`` with the interval of column ``ci`` (:func:`interval`) on each bar.
+
+    The y-axis starts at 0 (bars are shares), so no break is hidden; the legend is the
+    caller's to place."""
+    import matplotlib.pyplot as plt
+
+    order = list(order) if order is not None else list(dict.fromkeys(df[x]))
+    hues = [h for h in (hue_order if hue_order is not None else dict.fromkeys(df[hue])) if h in set(df[hue])]
+    width = 0.8 / max(len(hues), 1)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for j, h in enumerate(hues):
+        sub = df[df[hue] == h].set_index(x)
+        xs = [i - 0.4 + width * (j + 0.5) for i, v in enumerate(order) if v in sub.index]
+        vals = [float(sub.loc[v, y]) for v in order if v in sub.index]
+        ivs = [interval(sub.loc[v, ci]) for v in order if v in sub.index]
+        ax.bar(xs, vals, width=width * 0.95, label=str(h), color=colors[j % len(colors)])
+        ax.errorbar(xs, vals, yerr=[[max(v - lo, 0) for v, (lo, _) in zip(vals, ivs)],
+                                    [max(hi - v, 0) for v, (_, hi) in zip(vals, ivs)]],
+                    fmt="none", ecolor="k", elinewidth=0.8, capsize=2)
+    ax.set_xticks(range(len(order)), [str(v) for v in order])
+    ax.set_xlabel(x)
+    ax.set_ylim(bottom=0)
+
+
 def pct(x: float | None) -> float:
     return float("nan") if x is None else 100.0 * x
 
@@ -75,26 +107,49 @@ def _same_answer(x: Any, y: Any) -> bool:
     return str(x).strip().lower() == str(y).strip().lower()
 
 
-def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
-    """Paired bootstrap and McNemar of two Results on the same items (a minus b), and a verdict.
+def _runs(x: Any) -> list[Any]:
+    return list(x) if isinstance(x, (list, tuple)) else [x]
 
-    Also ``same answer %`` (items where both gave the same prediction) and ``verdict``
-    (:func:`verdict`): systems that give the same answer on at least
-    ``IDENTICAL_SHARE`` of the items are reported as ``"identical systems"``, never ordered.
+
+def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap and McNemar of two systems on the same items (a minus b), and a verdict.
+
+    ``a`` and ``b`` are Results, or lists of Results of one system trained with several
+    seeds (``collab.dpo_seeds``). With seeds, an item's score is its mean over the seeds,
+    and the bootstrap resamples items: the interval covers the items' variation with the
+    seeds' variation averaged in. McNemar needs one right/wrong per item, so it is
+    reported only when both sides are single runs.
+
+    Also ``same answer %`` (items where both gave the same prediction), ``discordant %``
+    (items one gets right and the other wrong; with seeds, both are means over the
+    seed-matched runs) and ``verdict`` (:func:`verdict`): systems that give the same
+    answer on at least ``IDENTICAL_SHARE`` of the items are reported as ``"identical
+    systems"``, never ordered.
     """
     from cowest.metrics import mcnemar, paired_bootstrap
 
-    b_rows = {r["id"]: r for r in b.rows}
-    # the items both answered (a failed call is left out of a Result's rows, not scored as wrong)
-    both = [(r, b_rows[r["id"]]) for r in a.rows if r["id"] in b_rows]
-    if not both:
-        raise ValueError(f"paired comparison of {a.method} and {b.method}: no item answered by both")
-    sa, sb = [ra["score"] for ra, _ in both], [rb["score"] for _, rb in both]
-    same = sum(_same_answer(ra.get("pred"), rb.get("pred")) for ra, rb in both) / len(both)
+    ra, rb = _runs(a), _runs(b)
+    by_id = [{r["id"]: r for r in x.rows} for x in ra + rb]
+    # the items every run answered (a failed call is left out of a Result's rows, not scored as wrong)
+    ids = [r["id"] for r in ra[0].rows if all(r["id"] in m for m in by_id)]
+    if not ids:
+        raise ValueError(f"paired comparison of {ra[0].method} and {rb[0].method}: no item answered by both")
+    ma, mb = by_id[:len(ra)], by_id[len(ra):]
+    sa = [sum(m[i]["score"] for m in ma) / len(ma) for i in ids]
+    sb = [sum(m[i]["score"] for m in mb) / len(mb) for i in ids]
+    pairs = [(ma[min(k, len(ma) - 1)], mb[min(k, len(mb) - 1)]) for k in range(max(len(ma), len(mb)))]
+    n_pairs = len(ids) * len(pairs)
+    same = sum(_same_answer(x[i].get("pred"), y[i].get("pred")) for x, y in pairs for i in ids) / n_pairs
+    # items one run gets right and the other wrong (the variance of a paired difference)
+    discordant = sum((x[i]["score"] >= 1.0) != (y[i]["score"] >= 1.0) for x, y in pairs for i in ids) / n_pairs
     pb = paired_bootstrap(sa, sb, seed=seed)
-    mc = mcnemar([s >= 1.0 for s in sa], [s >= 1.0 for s in sb])
-    out = {"a": a.method, "b": b.method, "task": a.task, "paired items": len(both),
-           "same answer %": pct(same), "identical": same >= IDENTICAL_SHARE,
+    if len(ra) == 1 and len(rb) == 1:
+        mc = mcnemar([s >= 1.0 for s in sa], [s >= 1.0 for s in sb])
+    else:
+        mc = {"b": float("nan"), "c": float("nan"), "p_value": float("nan")}
+    out = {"a": ra[0].method, "b": rb[0].method, "task": ra[0].task, "paired items": len(ids),
+           "seeds a": len(ra), "seeds b": len(rb), "same answer %": pct(same), "discordant %": pct(discordant),
+           "identical": same >= IDENTICAL_SHARE,
            **{f"bootstrap_{k}": v for k, v in pb.items()}, **{f"mcnemar_{k}": v for k, v in mc.items()}}
     out["verdict"] = verdict(out)
     return out
@@ -125,10 +180,13 @@ def verdict_line(cmp: dict[str, Any], scale: float = 100.0) -> str:
         why = f"; the two give the same answer on {cmp.get('same answer %', float('nan')):.0f}% of the items"
         if cmp.get("identical_reason"):
             why = f"; {cmp['identical_reason']}"
+    seeds = [f"{cmp.get(k, 1)} seeds of {cmp[x]}" for k, x in (("seeds a", "a"), ("seeds b", "b")) if cmp.get(k, 1) > 1]
+    test = (f"McNemar p={cmp['mcnemar_p_value']:.3g}" if cmp["mcnemar_p_value"] == cmp["mcnemar_p_value"]
+            else "item scores averaged over " + " and ".join(seeds))
     return (f"{cmp['a']} vs {cmp['b']} ({cmp.get('task', '')}): {verdict(cmp)} "
             f"(difference {scale * cmp['bootstrap_diff']:+.1f} points, 95% CI "
             f"[{scale * cmp['bootstrap_ci_low']:+.1f}, {scale * cmp['bootstrap_ci_high']:+.1f}], "
-            f"McNemar p={cmp['mcnemar_p_value']:.3g}, {cmp['paired items']} paired items{why})")
+            f"{test}, {cmp['paired items']} paired items{why})")
 
 
 def detectable_difference(n: int, discordant_share: float, z_alpha: float = 1.96, z_power: float = 0.84) -> float:

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 ckpt = run.dpo(sft, prefs, tag=tag)
             else:
                 pairs = run.dpo_pairs(prefs, None)
-                folder = run.store.folder("dpo", run.store.key("dpo", run.dpo_inputs(sft, pairs)))
+                folder = run.store.folder("dpo", run.store.key("dpo", run.dpo_inputs(sft, pairs, cfg.seed)))
                 with tempfile.TemporaryDirectory() as tmp:
                     train.dpo(run.weak_base(weak), sft.adapter, pairs, Path(tmp) / "adapter", weak=weak,
                               seed=cfg.seed, checkpoints=folder / "checkpoints", commit=False)

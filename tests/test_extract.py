@@ -119,3 +119,13 @@ def test_has_answer_marker_tells_a_stated_answer_from_a_cut_output():
     assert not has_answer_marker("Reasoning: 47 + 28 is")  # cut before its answer line
     assert not has_answer_marker("Answer:")  # a marker with nothing after it
     assert not has_answer_marker("") and not has_answer_marker(None)
+
+
+def test_has_answer_line_needs_the_answer_line_itself():
+    from cowest.tasks.extract import has_answer_line
+
+    assert has_answer_line("Step one.\nAnswer: 42")
+    assert has_answer_line("**Final answer:** C")
+    assert not has_answer_line("The answer is not obvious; first we")  # a cut sentence, no answer line
+    assert not has_answer_line("Reasoning...\nAnswer:")  # cut right after the marker
+    assert not has_answer_line("") and not has_answer_line(None)

@@ -117,7 +117,7 @@ def _keys(p: Pipeline, task="synth_ifqa"):
         "drafts": k("drafts", p.drafts_inputs(start, items, 1, 0.0)),
         "prefs-collab": k("prefs", p.preferences_inputs(start, "collab", c.evaluator, p.cfg.strong_for(task).name)),
         "prefs-single": k("prefs", p.preferences_inputs(start, "single", c.evaluator, None)),
-        "dpo": k("dpo", p.dpo_inputs(start, pairs)),
+        "dpo": k("dpo", p.dpo_inputs(start, pairs, p.cfg.seed)),
         "eval-weak": k("eval", p.evaluate_inputs("weak", task, items, start, None)),
         "eval-strong": k("eval", p.evaluate_inputs("strong", task, items, None, p.cfg.strong_for(task).name)),
         "eval-collab": k("eval", p.evaluate_inputs("collab", task, items, start, p.cfg.strong_for(task).name)),
@@ -267,3 +267,15 @@ def test_a_failed_reply_is_never_scored_and_leaves_the_stage_unfinished(run, mon
     with pytest.warns(UserWarning):
         rerun.preferences(_ckpt(rerun))
     assert len(strong.calls) == 2 * calls
+
+
+def test_dpo_seeds_add_runs_without_touching_the_first(pipe):
+    """More DPO seeds add DPO stages (keyed by their seed) and change no existing stage."""
+    base = _keys(pipe())
+    assert _changed(base, _keys(pipe("collab.dpo_seeds=3"))) == []
+    p = pipe("collab.dpo_seeds=3")
+    assert p.dpo_seeds == [p.cfg.seed, p.cfg.seed + 1, p.cfg.seed + 2]
+    start = Checkpoint(p.cfg.weak, "synth_ifqa", p.cfg.collab.format, "sft", None, "k0")
+    pairs = [{"prompt": "P", "chosen": "a", "rejected": "b"}]
+    keys = {p.store.key("dpo", p.dpo_inputs(start, pairs, s)) for s in p.dpo_seeds}
+    assert len(keys) == 3 and base["dpo"] in keys

@@ -178,3 +178,33 @@ def test_preference_volumes_are_nested_subsets():
         assert by_volume[small] == by_volume[large][:small]  # each volume extends the smaller one
     assert len(by_volume[50]) == 30 and by_volume[5] != pool["pairs"][:5]  # shuffled, capped at the pool
     assert Pipeline.dpo_pairs(fake, pool, None) == pool["pairs"]
+
+
+def test_paired_comparison_averages_seeds_per_item():
+    from cowest import report
+
+    # three seeds of a: items 0-29 right in every seed; item 30 + s right in seed s only (30, 31, 32)
+    seeds = [_res("cowest", [1.0] * 30 + [1.0 if k == s else 0.0 for k in range(10)]) for s in range(3)]
+    b = _res("sft", [1.0] * 20 + [0.0] * 20)
+    out = report.paired_comparison(seeds, b)
+    # per item: items 20-29 +1 (right vs wrong), items 30-32 +1/3; mean over 40 items
+    assert out["bootstrap_diff"] == pytest.approx((10 * 1.0 + 3 / 3) / 40)
+    assert out["seeds a"] == 3 and out["seeds b"] == 1
+    assert out["mcnemar_p_value"] != out["mcnemar_p_value"]  # NaN: no single right/wrong per item
+    # discordant: per seed, items 20-29 plus that seed's one item of 30-39 → 11/40
+    assert out["discordant %"] == pytest.approx(100 * 11 / 40)
+    line = report.verdict_line(out)
+    assert "averaged over 3 seeds of cowest" in line and "McNemar" not in line
+    # a tie over seeds stays a tie; one run against one run keeps McNemar
+    tie = report.paired_comparison([_res("a", [1.0, 0.0] * 10), _res("a", [0.0, 1.0] * 10)], _res("b", [0.5] * 20))
+    assert tie["bootstrap_diff"] == pytest.approx(0.0) and tie["verdict"] == "not distinguishable"
+    assert "McNemar p=" in report.verdict_line(report.paired_comparison(_res("a", [1.0] * 5), _res("b", [0.0] * 5)))
+
+
+def test_paired_comparison_uses_items_every_seed_answered():
+    from cowest import report
+
+    a1 = _res("cowest", [1.0] * 6)
+    a2 = Result("cowest", "t", [r for r in a1.rows if r["id"] != "3"], {})  # seed 2 lost item 3 to a failed call
+    out = report.paired_comparison([a1, a2], _res("sft", [0.0] * 6))
+    assert out["paired items"] == 5

@@ -88,6 +88,17 @@ def has_answer_marker(text: str | None) -> bool:
     return False
 
 
+def has_answer_line(text: str | None) -> bool:
+    """Whether `text` has an answer line ("Answer: ...", with something after the colon):
+    the format every prompt asks for. An output cut by its token limit without one may have
+    stopped in the middle of a sentence like "the answer is not obvious", so for a cut
+    output only this line counts (`cowest.collaborate`)."""
+    if not text or not text.strip():
+        return False
+    found = list(_MARKER.finditer(_clean(text)))
+    return bool(found) and bool(_first_line(_clean(text)[found[-1].end():]))
+
+
 def _strip_free(seg: str) -> str:
     seg = seg.strip()
     for left, right in ('""', "''", "“”", "‘’"):
