@@ -71,6 +71,7 @@ class TaskSpec(_Spec):
     n_test: Count  # evaluation questions
     params: dict[str, Any] = {}  # passed to the task (path, generator knobs)
     strong: str | None = None  # strong model for this task (default: the first of strong_models)
+    dpo_seeds: Count | None = None  # DPO seeds of this task's main-table rows (default: collab.dpo_seeds)
 
     @field_validator("name")
     @classmethod

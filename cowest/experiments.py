@@ -30,8 +30,22 @@ from cowest.pipeline import Pipeline, Result
 
 #: the rows of the main table, in the paper's order
 MAIN_METHODS = ("Weak (SFT)", "Strong (CoT)", "FLARE", "SuperICL", "RLWF", "Standard refinement", "CoWest")
-#: rows trained with DPO: one run per seed of `collab.dpo_seeds`
+#: rows trained with DPO: one run per DPO seed of the task (`Pipeline.dpo_seeds`)
 SEEDED = ("RLWF", "CoWest")
+
+
+#: what makes a task's main-table rows "powered" rather than a demonstration: test items,
+#: mined preference pairs and DPO seeds, at least
+POWERED = {"test items": 200, "pairs": 150, "seeds": 3}
+
+
+def sizing(run: Pipeline, task: str) -> str:
+    """"powered" when the task reaches every size of :data:`POWERED`, else "demonstration"
+    with the sizes that fall short (its verdicts are then mostly "not distinguishable")."""
+    have = {"test items": len(run.test_items(task)), "pairs": len(run.preferences(run.sft(task))["pairs"]),
+            "seeds": len(run.dpo_seeds(task))}
+    short = [f"{v} {k} < {POWERED[k]}" for k, v in have.items() if v < POWERED[k]]
+    return "powered" if not short else f"demonstration ({', '.join(short)})"
 
 
 def _metric(run: Pipeline, task: str) -> str:
@@ -67,10 +81,10 @@ def main_results(run: Pipeline, task: str) -> dict[str, list[Result]]:
         "FLARE": [run.evaluate("flare", task)],
         "SuperICL": [run.evaluate("supericl", task, ckpt=sft)],
         "RLWF": [run.evaluate("collab", task, ckpt=run.rlwf(task, seed=s), label=_seed_label(run, "rlwf", s))
-                 for s in run.dpo_seeds],
+                 for s in run.dpo_seeds(task)],
         "Standard refinement": [run.evaluate("collab", task, ckpt=sft, label="collab-sft")],
         "CoWest": [run.evaluate("collab", task, ckpt=run.cowest(task, seed=s)[0],
-                                label=_seed_label(run, "cowest", s)) for s in run.dpo_seeds],
+                                label=_seed_label(run, "cowest", s)) for s in run.dpo_seeds(task)],
     }
     return {m: out[m] for m in MAIN_METHODS}
 
@@ -114,22 +128,23 @@ def main_table(run: Pipeline) -> MainTable:
     rows, seed_rows, per_seed, comparisons = [], [], [], {}
     for t, by_method in results.items():
         m1 = _metric(run, t)
+        size = sizing(run, t)
         for method, runs in by_method.items():
-            rows.append(_main_row(run, t, method, runs, paper))
+            rows.append({**_main_row(run, t, method, runs, paper), "sizing": size})
             if method in SEEDED:
-                for s, r in zip(run.dpo_seeds, runs):
+                for s, r in zip(run.dpo_seeds(t), runs):
                     seed_rows.append({"task": t, "method": method, "seed": s, **report.result_row(r, [m1]),
                                       "metric": m1})
         comparisons[t] = {f"{a} vs {b}": {**report.paired_comparison(by_method[a], by_method[b], seed=run.cfg.seed),
                                           "a": a, "b": b}
                           for a, b in MAIN_COMPARISONS}
-        notes = [run.cowest(t, seed=s)[0].note for s in run.dpo_seeds]
+        notes = [run.cowest(t, seed=s)[0].note for s in run.dpo_seeds(t)]
         if all(notes):  # DPO never ran: CoWest is standard refinement, whatever the answers say
             key = "CoWest vs Standard refinement"
             comparisons[t][key] = {**comparisons[t][key], "identical": True,
                                    "identical_reason": f"DPO did not run ({notes[0]})"}
             comparisons[t][key]["verdict"] = report.verdict(comparisons[t][key])
-        for s, cow, rl in zip(run.dpo_seeds, by_method["CoWest"], by_method["RLWF"]):
+        for s, cow, rl in zip(run.dpo_seeds(t), by_method["CoWest"], by_method["RLWF"]):
             for other, res in (("Standard refinement", by_method["Standard refinement"][0]), ("RLWF", rl)):
                 c = report.paired_comparison(cow, res, seed=run.cfg.seed)
                 per_seed.append({"task": t, "seed": s, "CoWest vs": other, "difference": 100 * c["bootstrap_diff"],
@@ -318,10 +333,12 @@ def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong
     """Each of the paper's findings, per task: reproduced / not reproduced / not distinguishable."""
     premise = run.premise()
     rows = []
+    sizes = dict(zip(main.frame["task"], main.frame["sizing"])) if "sizing" in main.frame else {}
 
-    def add(finding: str, paper: str, task: str, cmps: list[dict[str, Any]]) -> None:
+    def add(finding: str, paper: str, task: str, cmps: list[dict[str, Any]], size: str | None = None) -> None:
         res = outcome(cmps)
-        rows.append({"finding": finding, "paper": paper, "task": task, "ours": res,
+        size = sizes.get(task, "") if size is None else size
+        rows.append({"finding": finding, "paper": paper, "task": task, "sizing": size, "ours": res,
                      "numbers": "; ".join(_numbers(c) for c in cmps),
                      "likely reason": "" if res == "reproduced" else reason(cmps, premise)})
 
@@ -342,5 +359,6 @@ def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong
         for t, cmps in abl.orderings.items():
             if abl.name == "format":  # the ranking only; aligned vs SFT per format is the alignment finding
                 cmps = [c for c in cmps if not c["b"].startswith("SFT")]
-            add(finding, paper, t, cmps)
+            n = cmps[0]["paired items"] if cmps else 0
+            add(finding, paper, t, cmps, f"ablation ({n} test items, 1 DPO seed)")
     return pd.DataFrame(rows)

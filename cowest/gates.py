@@ -143,3 +143,19 @@ def premise_note(results: Sequence[GateResult]) -> str | None:
         return None
     parts = "; ".join(f"{r.task} {r.gate}: {r.detail}" for r in failed)
     return f"The miniature's premise failed ({parts}), so no verdict below can show the paper's mechanism."
+
+
+def choose(by_candidate: dict[str, Sequence[GateResult]]) -> str | None:
+    """The strong model the gates pick among candidates (in the profile's order, cheapest
+    first): the first that passes every applicable gate; if none does, the one that passes
+    the most (the first on a tie). None without candidates."""
+    if not by_candidate:
+        return None
+
+    def passes(rs: Sequence[GateResult]) -> tuple[bool, int]:
+        applicable = [r for r in rs if r.passed is not None]
+        return all(r.passed for r in applicable), sum(bool(r.passed) for r in applicable)
+
+    names = list(by_candidate)
+    clean = [n for n in names if passes(by_candidate[n])[0]]
+    return clean[0] if clean else max(names, key=lambda n: (passes(by_candidate[n])[1], -names.index(n)))

@@ -451,10 +451,11 @@ class Pipeline:
         return {"start": start.key, "pairs": stable_hash(pairs), "base": self.weak_identity(w),
                 "quantization": w.quantization, "dpo": _dump(w.dpo), "seed": seed}
 
-    @property
-    def dpo_seeds(self) -> list[int]:
-        """The seeds of the main table's DPO runs: ``seed``, ``seed + 1``, ... (``collab.dpo_seeds`` of them)."""
-        return [self.cfg.seed + i for i in range(self.cfg.collab.dpo_seeds)]
+    def dpo_seeds(self, task_name: str) -> list[int]:
+        """The seeds of a task's main-table DPO runs: ``seed``, ``seed + 1``, ... (the task's
+        ``dpo_seeds``, else ``collab.dpo_seeds``, of them)."""
+        n = self.cfg.task(task_name).dpo_seeds or self.cfg.collab.dpo_seeds
+        return [self.cfg.seed + i for i in range(n)]
 
     def dpo(self, start: Checkpoint, prefs: dict[str, Any], *, tag: str, volume: int | None = None,
             seed: int | None = None) -> Checkpoint:
@@ -495,7 +496,7 @@ class Pipeline:
         seed: int | None = None,
     ) -> list[Checkpoint]:
         """SFT, then `rounds` rounds of (mine collaborative preferences -> DPO). One checkpoint per round.
-        ``seed``: the DPO seed (default the profile's; see :attr:`dpo_seeds`)."""
+        ``seed``: the DPO seed (default the profile's; see :meth:`dpo_seeds`)."""
         ckpt = self.sft(task_name, weak, fmt)
         out = []
         suffix = "".join(f"-{k}{v}" for k, v in [("", evaluator), ("s-", strong), ("v", volume)] if v is not None)

@@ -78,3 +78,18 @@ def test_not_applicable_without_a_fact_base(ifqa):
     r = gates.weak_knowledge(ifqa, [], [], 0.8)
     assert r.passed is None and r.value is None
     assert gates.premise_note([r]) is None  # not applicable is not a failure
+
+
+def test_choose_the_first_candidate_that_passes_else_the_most_passes():
+    def r(gate, passed):
+        return gates.GateResult(gate, "t", None if passed is None else float(passed), 0.5, passed, 10, "")
+
+    small = [r("strong_skill", False), r("draft_use", True), r("answer_lines", True)]
+    big = [r("strong_skill", True), r("draft_use", True), r("answer_lines", True)]
+    bigger = [r("strong_skill", True), r("draft_use", True), r("answer_lines", None)]  # n/a does not count
+    assert gates.choose({"0.5b": small, "1.5b": big, "7b": bigger}) == "1.5b"
+    assert gates.choose({"0.5b": small, "7b": bigger, "1.5b": big}) == "7b"
+    worse = [r("strong_skill", False), r("draft_use", False), r("answer_lines", True)]
+    assert gates.choose({"a": worse, "b": small}) == "b"  # none passes all: the most passes
+    assert gates.choose({"a": small, "b": list(small)}) == "a"  # a tie: the first listed
+    assert gates.choose({}) is None

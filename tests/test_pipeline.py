@@ -274,8 +274,9 @@ def test_dpo_seeds_add_runs_without_touching_the_first(pipe):
     base = _keys(pipe())
     assert _changed(base, _keys(pipe("collab.dpo_seeds=3"))) == []
     p = pipe("collab.dpo_seeds=3")
-    assert p.dpo_seeds == [p.cfg.seed, p.cfg.seed + 1, p.cfg.seed + 2]
+    assert p.dpo_seeds("synth_ifqa") == [p.cfg.seed, p.cfg.seed + 1, p.cfg.seed + 2]
+    assert pipe("collab.dpo_seeds=3", "tasks.synth_med.dpo_seeds=1").dpo_seeds("synth_med") == [p.cfg.seed]
     start = Checkpoint(p.cfg.weak, "synth_ifqa", p.cfg.collab.format, "sft", None, "k0")
     pairs = [{"prompt": "P", "chosen": "a", "rejected": "b"}]
-    keys = {p.store.key("dpo", p.dpo_inputs(start, pairs, s)) for s in p.dpo_seeds}
+    keys = {p.store.key("dpo", p.dpo_inputs(start, pairs, s)) for s in p.dpo_seeds("synth_ifqa")}
     assert len(keys) == 3 and base["dpo"] in keys
