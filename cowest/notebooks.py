@@ -48,8 +48,10 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("03_preferences", "the division-of-labour gates, collaborative preference mining (delta rule), RLWF pairs",
              ("gates", "preference_stats"), ("gates", "delta_distribution")),
     Notebook("04_dpo", "DPO from the SFT adapter with the SFT policy as reference", ("dpo_summary",), ("dpo_curves",)),
-    Notebook("05_evaluation", "the main table: every method x every task, intervals, paired tests, why",
-             ("main_results", "paired_tests", "refinement_breakdown"), ("main_results",)),
+    Notebook("05_evaluation", "the main table: every method x every task, DPO seeds, intervals, paired tests, why, "
+             "and what the miniature shows", ("main_results", "main_results_seeds", "paired_tests",
+                                              "paired_tests_per_seed", "refinement_breakdown", "findings"),
+             ("main_results",)),
     Notebook("06_format_ablation", "direct / knowledge / chain of thought, SFT vs aligned",
              ("format_ablation",), ("format_ablation",)),
     Notebook("07_strong_ablation", "several strong models", ("strong_ablation",), ("strong_ablation",)),

@@ -227,8 +227,9 @@ def refinement_breakdown(task: Any, items: Sequence[Any], result: Any) -> dict[s
     """What the strong model did with the weak model's drafts, for one collaboration Result.
 
     Shares (%) over the test items: the draft's own answer correct, the final answer correct,
-    drafts the strong model fixed (wrong -> right) or broke (right -> wrong), and finals that
-    repeat the draft's answer. CoWest can only help where the strong model reads the draft:
+    drafts the strong model fixed (wrong -> right) or broke (right -> wrong), finals that
+    repeat the draft's answer, and drafts that state the item's fact (`Task.states_fact`;
+    NaN for a task that cannot tell). CoWest can only help where the strong model reads the draft:
     a strong model that always repeats the draft's answer turns refinement into the weak
     model alone; one that never does turns it into the strong model alone.
     """
@@ -239,8 +240,10 @@ def refinement_breakdown(task: Any, items: Sequence[Any], result: Any) -> dict[s
     if any("draft" not in r for r in result.rows):
         raise ValueError(f"refinement_breakdown: {result.method!r} has no drafts (use a 'collab' result)")
     draft_ok = final_ok = fixed = broken = follows = 0
+    stated: list[bool | None] = []
     for r in result.rows:
         e = by_id[r["id"]]
+        stated.append(task.states_fact(r["draft"], e))
         d = task.extract(r["draft"], e)
         d_ok = d is not None and task.score(d, e) >= 1.0
         f_ok = r["score"] >= 1.0
@@ -251,7 +254,10 @@ def refinement_breakdown(task: Any, items: Sequence[Any], result: Any) -> dict[s
         follows += d is not None and r.get("pred") is not None and str(d).strip().lower() == str(r["pred"]).strip().lower()
     return {"items": n, "draft correct": pct(draft_ok / n), "final correct": pct(final_ok / n),
             "fixed by strong": pct(fixed / n), "broken by strong": pct(broken / n),
-            "final repeats draft's answer": pct(follows / n)}
+            "final repeats draft's answer": pct(follows / n),
+            # the fact a synthetic domain's answer needs, stated in the draft (the strong model can't know it)
+            "draft states the fact": (pct(sum(bool(x) for x in stated) / n) if all(x is not None for x in stated)
+                                      else float("nan"))}
 
 
 # ----------------------------------------------------------------------------- index

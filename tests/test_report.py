@@ -27,6 +27,7 @@ def test_breakdown_counts_fixed_broken_and_copied_drafts():
     gold = [task.answer_text(e) for e in items]
     wrong = [next(x for x in "ABCD" if x != g) for g in gold]
     drafts = [f"Answer: {gold[0]}", f"Answer: {wrong[1]}", f"Answer: {gold[2]}", f"Answer: {wrong[3]}"]
+    drafts[1] = f"Reasoning: {items[1].knowledge}\n{drafts[1]}"  # one draft states its fact
     finals = [f"Answer: {gold[0]}",  # right draft kept
               f"Answer: {gold[1]}",  # wrong draft fixed
               f"Answer: {wrong[2]}",  # right draft broken
@@ -34,7 +35,7 @@ def test_breakdown_counts_fixed_broken_and_copied_drafts():
     res = Result("collab", task.info.name, _rows(task, items, drafts, finals), {})
     b = refinement_breakdown(task, items, res)
     assert b == {"items": 4, "draft correct": 50.0, "final correct": 50.0, "fixed by strong": 25.0,
-                 "broken by strong": 25.0, "final repeats draft's answer": 50.0}
+                 "broken by strong": 25.0, "final repeats draft's answer": 50.0, "draft states the fact": 25.0}
 
 
 def test_breakdown_refuses_a_result_without_drafts():

@@ -439,3 +439,18 @@ def test_fact_given_items_and_wrong_step_drafts(name):
         pred = task.extract(draft, e)
         assert pred is not None and task.score(pred, e) == 0.0  # and the answer is wrong
     assert made >= 0.6 * len(items)
+
+
+def test_states_fact_reads_numbers_and_rules():
+    from cowest.tasks import get_task
+
+    ifqa = get_task("synth_ifqa")
+    ex = ifqa.load("test", 1, 0)[0]
+    num = ex.knowledge and __import__("re").findall(r"\d+", ex.knowledge)
+    assert num, ex.knowledge
+    assert ifqa.states_fact(f"Reasoning: {ex.knowledge} Adding 3.", ex) is True
+    assert ifqa.states_fact("Reasoning: adding 3 gives the total.\nAnswer: 12", ex) is False
+    safety = get_task("synth_safety")
+    s = safety.load("test", 1, 0)[0]
+    assert safety.states_fact(f"Reasoning: {s.knowledge} So it is fine.", s) is True
+    assert safety.states_fact("Reasoning: it sounds fine.\nAnswer: casual", s) is False

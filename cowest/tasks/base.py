@@ -180,6 +180,10 @@ class Task:
         """A draft with the right fact and a wrong step; None when the task cannot make one."""
         return None
 
+    def states_fact(self, text: str | None, ex: Example) -> bool | None:
+        """Whether a draft states the item's domain fact; None when the task cannot tell."""
+        return None
+
     # ------------------------------------------------------- scoring
     def extract(self, text: str | None, ex: Example | None = None) -> str | None:
         """Answer from model text (see `cowest.tasks.extract`); None if unparseable.

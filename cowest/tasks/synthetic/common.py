@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -382,6 +383,21 @@ class SyntheticTask(Task):
         """The SFT items: the training split plus ``sft_recall`` recall questions per fact."""
         extra = self.recall_items("train", self.params["sft_recall"]) if self.params["sft_recall"] else []
         return [*train, *extra]
+
+    def states_fact(self, text: str | None, ex: Example) -> bool | None:
+        """Whether `text` states the item's fact (its knowledge sentence): every number of the
+        sentence appears in the text as a number; a sentence without numbers (a rule) counts
+        as stated when at least 60% of its words of four letters or more appear."""
+        if not ex.knowledge:
+            return None
+        text = text or ""
+        nums = re.findall(r"\d+", ex.knowledge)
+        if nums:
+            have = set(re.findall(r"\d+", text))
+            return all(n in have for n in nums)
+        words = {w for w in re.findall(r"[a-z]+", ex.knowledge.lower()) if len(w) >= 4}
+        have = set(re.findall(r"[a-z]+", text.lower()))
+        return bool(words) and len(words & have) >= 0.6 * len(words)
 
     def with_facts(self, ex: Example) -> Example:
         """The item with its facts stated before the question (the strong-skill gate)."""
