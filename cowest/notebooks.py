@@ -46,7 +46,7 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook("02_sft", "SFT of the weak model (LoRA / 4-bit QLoRA), loss curves, the weak-knowledge gate",
              ("sft_summary", "gate_weak_knowledge"), ("sft_loss",)),
     Notebook("03_preferences", "the division-of-labour gates, collaborative preference mining (delta rule), RLWF pairs",
-             ("gates", "preference_stats"), ("gates", "delta_distribution")),
+             ("gates", "preference_stats", "pair_sets"), ("gates", "delta_distribution")),
     Notebook("04_dpo", "DPO from the SFT adapter with the SFT policy as reference", ("dpo_summary",), ("dpo_curves",)),
     Notebook("05_evaluation", "the main table: every method x every task, DPO seeds, intervals, paired tests, why, "
              "and what the miniature shows", ("main_results", "main_results_seeds", "paired_tests",

@@ -231,6 +231,37 @@ def summarize(records: Sequence[dict[str, Any]], pairs: Sequence[Pair]) -> dict[
     }
 
 
+def compare_pair_sets(task: Task, examples: Sequence[Example], collab: Sequence[dict[str, Any]],
+                      single: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How CoWest's pairs (collaborative feedback) and RLWF's (single-model feedback) differ.
+
+    ``collab`` / ``single``: the pairs of `Pipeline.preferences` (dicts with query_id,
+    chosen, rejected), mined from the same drafts; ``examples`` the mined queries. Returns the
+    overlap (pairs with the same query, chosen and rejected draft; and pairs that one set
+    orders the other way round), and for each set the share (%) of chosen and of rejected
+    drafts that state the item's fact (`Task.states_fact`; NaN where the task can't tell).
+    The miniature is built so that the two rules disagree: the delta rule should prefer
+    drafts that state the fact, the single-model rule drafts whose own answer is right.
+    """
+    by_id = {e.id: e for e in examples}
+    key = lambda p: (p["query_id"], p["chosen"].strip(), p["rejected"].strip())  # noqa: E731
+    a, b = {key(p) for p in collab}, {key(p) for p in single}
+    flipped = {(q, r, c) for q, c, r in b}
+
+    def fact_share(pairs: Sequence[dict[str, Any]], side: str) -> float:
+        told = [task.states_fact(p[side], by_id[p["query_id"]]) for p in pairs if p["query_id"] in by_id]
+        if not told or any(t is None for t in told):
+            return float("nan")
+        return 100.0 * sum(bool(t) for t in told) / len(told)
+
+    return {"CoWest pairs": len(a), "RLWF pairs": len(b), "in both": len(a & b),
+            "ordered oppositely": len(a & flipped),
+            "CoWest chosen state the fact %": fact_share(collab, "chosen"),
+            "CoWest rejected state the fact %": fact_share(collab, "rejected"),
+            "RLWF chosen state the fact %": fact_share(single, "chosen"),
+            "RLWF rejected state the fact %": fact_share(single, "rejected")}
+
+
 # ----------------------------------------------------------------------------- mining
 def _score_completions(evaluator: Evaluator, task: Task, examples: Sequence[Example], replies: Sequence[Any],
                        stage: str) -> list[float | None]:

@@ -91,3 +91,20 @@ def test_gold_evaluator_rewards_agreement_and_form():
          f"Reasoning: the norm applies here, so\nAnswer: {wrong}", "???"],
     )
     assert good == 10.0 and bare == 7.0 and bad == 3.0 and junk == 0.0
+
+
+def test_compare_pair_sets_counts_overlap_and_stated_facts():
+    from cowest.preferences import compare_pair_sets
+    from cowest.tasks import get_task
+
+    task = get_task("synth_ifqa")
+    ex = task.load("train", 2, 0)
+    fact, bare = f"Reasoning: {ex[0].knowledge}\nAnswer: 1", "Reasoning: adding.\nAnswer: 2"
+    collab = [{"query_id": ex[0].id, "chosen": fact, "rejected": bare},
+              {"query_id": ex[1].id, "chosen": f"Reasoning: {ex[1].knowledge}", "rejected": "x"}]
+    single = [{"query_id": ex[0].id, "chosen": bare, "rejected": fact},  # the same pair, the other way round
+              {"query_id": ex[1].id, "chosen": f"Reasoning: {ex[1].knowledge}", "rejected": "x"}]
+    out = compare_pair_sets(task, ex, collab, single)
+    assert out["in both"] == 1 and out["ordered oppositely"] == 1
+    assert out["CoWest chosen state the fact %"] == 100.0 and out["CoWest rejected state the fact %"] == 0.0
+    assert out["RLWF chosen state the fact %"] == 50.0 and out["RLWF rejected state the fact %"] == 50.0
