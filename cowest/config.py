@@ -72,6 +72,7 @@ class TaskSpec(_Spec):
     params: dict[str, Any] = {}  # passed to the task (path, generator knobs)
     strong: str | None = None  # strong model for this task (default: the first of strong_models)
     dpo_seeds: Count | None = None  # DPO seeds of this task's main-table rows (default: collab.dpo_seeds)
+    n_queries: Count | None = None  # training queries mined for preferences (default: collab.n_queries)
 
     @field_validator("name")
     @classmethod
@@ -288,6 +289,14 @@ class Profile(_Spec):
 
     def task(self, name: str) -> TaskSpec:
         return _by_name(self.tasks, name, "tasks", self.source)
+
+    def n_queries(self, task: str) -> int:
+        """The training queries mined for preferences on a task (its own, else collab's)."""
+        return self.task(task).n_queries or self.collab.n_queries
+
+    def n_dpo_seeds(self, task: str) -> int:
+        """DPO runs per aligned method in a task's main table (its own, else collab's)."""
+        return self.task(task).dpo_seeds or self.collab.dpo_seeds
 
     def strong_for(self, task: str) -> StrongSpec:
         """The strong model a task uses by default (the paper uses GPT-3.5 for Prosocial)."""

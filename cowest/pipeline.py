@@ -127,20 +127,21 @@ class Pipeline:
         return self._tasks[name]
 
     def data_inputs(self, task_name: str) -> dict[str, Any]:
-        return {"task": _dump(self.cfg.task(task_name), exclude={"strong"}),
-                "n_queries": self.cfg.collab.n_queries, "seed": self.cfg.seed}
+        # the task's own strong model and DPO seeds don't change its data; n_queries is its own entry
+        return {"task": _dump(self.cfg.task(task_name), exclude={"strong", "dpo_seeds", "n_queries"}),
+                "n_queries": self.cfg.n_queries(task_name), "seed": self.cfg.seed}
 
     def data(self, task_name: str) -> dict[str, list[Example]]:
         """train (SFT), prefq (held-out training questions for preferences), validation, test."""
         spec = self.cfg.task(task_name)
         task = self.task(task_name)
-        n_pref = self.cfg.collab.n_queries
+        n_pref = self.cfg.n_queries(task_name)
 
         def build(folder: Path) -> None:
             train = task.load("train", spec.n_train + n_pref, self.cfg.seed)
             if len(train) < spec.n_train + n_pref:
                 raise ValueError(
-                    f"{task_name}: the train split has {len(train)} items, but n_train + collab.n_queries "
+                    f"{task_name}: the train split has {len(train)} items, but n_train + n_queries "
                     f"= {spec.n_train + n_pref}; lower them in {self.cfg.source}"
                 )
             splits = {
@@ -454,8 +455,7 @@ class Pipeline:
     def dpo_seeds(self, task_name: str) -> list[int]:
         """The seeds of a task's main-table DPO runs: ``seed``, ``seed + 1``, ... (the task's
         ``dpo_seeds``, else ``collab.dpo_seeds``, of them)."""
-        n = self.cfg.task(task_name).dpo_seeds or self.cfg.collab.dpo_seeds
-        return [self.cfg.seed + i for i in range(n)]
+        return [self.cfg.seed + i for i in range(self.cfg.n_dpo_seeds(task_name))]
 
     def dpo(self, start: Checkpoint, prefs: dict[str, Any], *, tag: str, volume: int | None = None,
             seed: int | None = None) -> Checkpoint:

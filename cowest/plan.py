@@ -9,6 +9,7 @@ touches the network, loads data or needs a key.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +51,12 @@ class Line:
 
 def plan(p: Profile) -> list[Line]:
     c, a = p.collab, p.ablations
-    q = c.n_queries
     lines: list[Line] = []
     add = lambda nb, what, m, n, kind: lines.append(Line(nb, what, m, n, kind))  # noqa: E731
     mine_judge = c.evaluator == "llm_judge"
     for t in p.tasks:
         s = p.strong_for(t.name)
+        q = p.n_queries(t.name)
         judge = p.strong_model(c.judge) if c.judge else s
         add("03", f"{t.name}: strong alone on mined queries", s, q, "alone")
         add("03", f"{t.name}: refinements of k={c.k} drafts", s, q * c.k, "refine")
@@ -63,7 +64,9 @@ def plan(p: Profile) -> list[Line]:
             add("03", f"{t.name}: judge scores (CoWest + RLWF)", judge, q * (1 + 2 * c.k), "judge")
         n = t.n_test
         add("05", f"{t.name}: strong alone (CoT)", s, n, "alone")
-        add("05", f"{t.name}: refinement of SFT / RLWF / CoWest drafts", s, 3 * n, "refine")
+        seeds = p.n_dpo_seeds(t.name)
+        add("05", f"{t.name}: refinement of SFT drafts, and of RLWF / CoWest drafts x {seeds} DPO seed(s)", s,
+            (1 + 2 * seeds) * n, "refine")
         fl = p.baselines.flare
         retrievals = int(n * FLARE_RETRIEVAL_SHARE * fl.max_steps)
         add("05", f"{t.name}: FLARE look-ahead passes (log-probabilities)", s, n + retrievals, "flare")
@@ -72,6 +75,7 @@ def plan(p: Profile) -> list[Line]:
         add("05", f"{t.name}: SuperICL", s, n, "supericl")
     for t in a.tasks:
         s = p.strong_for(t)
+        q = p.n_queries(t)
         judge = p.strong_model(c.judge) if c.judge else s
         n = a.n_test
         others = [f for f in a.formats if f != c.format]
@@ -105,6 +109,14 @@ GPU_STEP_SECONDS = {"sft": 1.76, "dpo": 4.78}
 GPU_MEASURED_BILLIONS = 8.0
 
 
+# Seconds per optimizer step on this project's 2-core CPU machines, SmolLM2-135M with LoRA on
+# every linear layer (benchmarks/suite.py, results/benchmarks/README.md, 2026-11-27: SFT batch 8
+# x ~110 tokens, 5.96 s float32 / 4.60 s 4-bit; DPO batch 4 pairs, 5.27 s). Other offline weak
+# models scale by parameter count. Used only to print an estimate.
+CPU_STEP_SECONDS = {("sft", "none"): 5.96, ("sft", "4bit"): 4.60, ("dpo", "none"): 5.27, ("dpo", "4bit"): 5.26}
+CPU_MEASURED_BILLIONS = 0.135
+
+
 @dataclass
 class TrainLine:
     notebook: str
@@ -117,6 +129,15 @@ class TrainLine:
     def steps(self) -> int:
         spec = self.weak.sft if self.kind == "sft" else self.weak.dpo
         return math.ceil(self.rows * spec.epochs / (spec.batch_size * spec.grad_accum))
+
+    @property
+    def cpu_minutes(self) -> float:
+        from cowest.preflight import _billions
+
+        m = re.search(r"(\d+)m\b", self.weak.model.lower())
+        billions = _billions(self.weak.model) or (int(m.group(1)) / 1000 if m else CPU_MEASURED_BILLIONS)
+        scale = billions / CPU_MEASURED_BILLIONS
+        return self.steps * CPU_STEP_SECONDS[self.kind, self.weak.quantization] * scale / 60
 
     @property
     def gpu_hours(self) -> float:
@@ -136,13 +157,16 @@ def training_plan(p: Profile) -> list[TrainLine]:
     """The SFT and DPO runs a profile's notebooks train, with their sizes (pairs at the
     mining cap: n_queries x max_pairs_per_query, an upper bound)."""
     c, a = p.collab, p.ablations
-    pairs = c.n_queries * c.max_pairs_per_query
     out: list[TrainLine] = []
     for t in p.tasks:
+        pairs = p.n_queries(t.name) * c.max_pairs_per_query
+        seeds = p.n_dpo_seeds(t.name)
         out.append(TrainLine("02", f"{t.name}: SFT", p.weak, "sft", t.n_train))
-        out.append(TrainLine("04", f"{t.name}: DPO (CoWest, RLWF)", p.weak, "dpo", 2 * pairs))
+        out.append(TrainLine("04", f"{t.name}: DPO (CoWest, RLWF) x {seeds} seed(s)", p.weak, "dpo",
+                             2 * seeds * pairs))
     for name in a.tasks:
         t = p.task(name)
+        pairs = p.n_queries(name) * c.max_pairs_per_query
         others = [f for f in a.formats if f != c.format]
         out.append(TrainLine("06", f"{name}: SFT + DPO in {len(others)} more formats", p.weak, "sft",
                              len(others) * t.n_train))
@@ -186,6 +210,15 @@ def print_plan(p: Profile) -> None:
             print(f"  {m.name}: {m.base_url}, key from ${m.api_key_env or '(none)'}")
     if p.budget_usd is not None:
         print(f"budget cap: ${p.budget_usd:.2f} ({'within' if cost <= p.budget_usd else 'ABOVE'} the cap)")
+    if all(w.model in _offline() for w in p.weak_models):
+        train = training_plan(p)
+        print("\nCPU training (2 cores; from step times measured by benchmarks/suite.py, scaled by parameter "
+              "count; pairs at the mining cap, an upper bound):")
+        by_nb_cpu: dict[str, float] = {}
+        for t in train:
+            by_nb_cpu[t.notebook] = by_nb_cpu.get(t.notebook, 0.0) + t.cpu_minutes
+        print("  " + ", ".join(f"notebook {nb} {m:.0f} min" for nb, m in sorted(by_nb_cpu.items()))
+              + f"; total {sum(by_nb_cpu.values()):.0f} min")
     if any(w.quantization == "4bit" and w.model not in _offline() for w in p.weak_models):
         train = training_plan(p)
         print("\nGPU training (4-bit QLoRA, one GPU; from step times measured on an H200 by benchmarks/gpu_check.sh, "

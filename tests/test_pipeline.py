@@ -280,3 +280,12 @@ def test_dpo_seeds_add_runs_without_touching_the_first(pipe):
     pairs = [{"prompt": "P", "chosen": "a", "rejected": "b"}]
     keys = {p.store.key("dpo", p.dpo_inputs(start, pairs, s)) for s in p.dpo_seeds("synth_ifqa")}
     assert len(keys) == 3 and base["dpo"] in keys
+
+
+def test_a_task_can_mine_its_own_number_of_queries(pipe):
+    base = pipe()
+    own = pipe("tasks.synth_med.n_queries=2")
+    assert own.cfg.n_queries("synth_med") == 2 and own.cfg.n_queries("synth_ifqa") == base.cfg.collab.n_queries
+    assert len(own.data("synth_med")[pipeline.PREF_SPLIT]) == 2
+    assert _keys(own, "synth_ifqa") == _keys(base, "synth_ifqa")  # the other tasks keep every stage
+    assert "data" in _changed(_keys(base, "synth_med"), _keys(own, "synth_med"))
