@@ -75,6 +75,23 @@ def _dump(spec: Any, **kw: Any) -> dict[str, Any]:
     return spec.model_dump(mode="json", **kw)
 
 
+def _answer_span(draft: str, pred: str) -> str | None:
+    """Where the weak model wrote its answer in the draft, for its confidence: the draft's
+    answer segment ("Answer: 30 mg" -> "30 mg"; a choice scored by its content extracts as a
+    letter the draft never wrote), else the extracted answer as a whole word; None when
+    neither is in the draft verbatim (no answer: confidence 0)."""
+    import re
+
+    from cowest.tasks.extract import answer_segment
+
+    if not pred:
+        return None
+    seg = answer_segment(draft)
+    if seg and seg in draft:
+        return seg
+    return pred if re.search(rf"(?<!\w){re.escape(pred)}(?!\w)", draft) else None
+
+
 def _items_hash(items: Sequence[Example]) -> str:
     return stable_hash([dataclasses.asdict(e) for e in items])
 
@@ -694,10 +711,11 @@ class Pipeline:
                                    revision=ckpt.weak.revision,
                                    adapter=ckpt.adapter)
             ps = self.weak_prompts(ckpt.weak, task, items, ckpt.fmt)
-            write_json(folder / "confidence.json", [answer_confidence(model, tok, p, d, pr) if pr else 0.0
-                                                    for p, d, pr in zip(ps, drafts, preds)])
+            spans = [_answer_span(d, pr) for d, pr in zip(drafts, preds)]
+            write_json(folder / "confidence.json", [answer_confidence(model, tok, p, d, sp) if sp else 0.0
+                                                    for p, d, sp in zip(ps, drafts, spans)])
 
         inputs = {"drafts": self.store.key("drafts", self.drafts_inputs(ckpt, items, 1, 0.0)),
-                  "checkpoint": ckpt.key}
+                  "checkpoint": ckpt.key, "span": "answer segment"}  # how _answer_span locates the answer
         folder = self.store.stage("confidence", inputs, build, outputs=["confidence.json"])
         return preds, read_json(folder / "confidence.json")

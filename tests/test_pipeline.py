@@ -289,3 +289,15 @@ def test_a_task_can_mine_its_own_number_of_queries(pipe):
     assert len(own.data("synth_med")[pipeline.PREF_SPLIT]) == 2
     assert _keys(own, "synth_ifqa") == _keys(base, "synth_ifqa")  # the other tasks keep every stage
     assert "data" in _changed(_keys(base, "synth_med"), _keys(own, "synth_med"))
+
+
+def test_the_confidence_span_is_where_the_draft_wrote_its_answer():
+    """A choice scored by its content extracts as a letter the draft never wrote (the v1 tiny
+    run stopped on this in SuperICL's confidence)."""
+    from cowest.pipeline import _answer_span
+
+    assert _answer_span("Reasoning: 6 x 5 = 30.\nAnswer: 30 mg", "A") == "30 mg"
+    assert _answer_span("Reasoning: ...\nAnswer: B", "B") == "B"
+    assert _answer_span("Reasoning: ...\nAnswer: **30 mg**", "A") == "30 mg"
+    assert _answer_span("Reasoning: ...\nAnswer: **30** mg", "A") is None  # the cleaned segment is not verbatim
+    assert _answer_span("anything", "") is None
