@@ -161,6 +161,7 @@ class Flare:
                 if not self._retrieve(ex, c, passages, queries):
                     break
                 c = self.client.complete(self.prompt(ex, passages), stage=stage, logprobs=True, **stop)
+            c = self.collab.finish_answers([self.prompt(ex, passages)], [c], stage=stage)[0]
             error = c.error
             if error is not None:
                 error = f"FLARE pass {len(queries) + 1} (whole answer): {error}"
@@ -177,8 +178,10 @@ class Flare:
             if look_error is not None:  # no answer written on an unjudged look-ahead
                 return {"text": "", "retrievals": len(queries), "queries": queries,
                         "passages": passages, "error": look_error}
-            writer = (self.answerer or self.collab).client
-            c = writer.complete(self.prompt(ex, passages), stage=stage, **stop)
+            writer = self.answerer or self.collab
+            c = writer.client.complete(self.prompt(ex, passages), stage=stage, **stop)
+            # an answer cut before its answer line gets the same answer pass as every other method
+            c = writer.finish_answers([self.prompt(ex, passages)], [c], stage=stage)[0]
             error = c.error if c.error is None else f"FLARE answer: {c.error}"
         return {"text": c.text, "retrievals": len(queries), "queries": queries, "passages": passages,
                 "error": error}
@@ -261,11 +264,15 @@ class SuperICL:
         )
 
 
-def run_supericl(task: Task, client: StrongClient, items: Sequence[Example], *,
+def run_supericl(collab: Collaborator, items: Sequence[Example], *,
                  demos: Sequence[tuple[Example, str, float]], predictions: tuple[Sequence[str], Sequence[float]],
                  stage: str) -> list[dict[str, Any]]:
-    """SuperICL on each item, given the weak model's (prediction, confidence) for demos and items."""
+    """SuperICL on each item, given the weak model's (prediction, confidence) for demos and items.
+    `collab` gives the task and the strong model's client, and finishes an answer cut before its
+    answer line (`Collaborator.finish_answers`), as for every other method."""
     preds, confs = predictions
-    outs = SuperICL(task, client, list(demos)).answer_many(items, preds, confs, stage=stage)
+    sic = SuperICL(collab.task, collab.client, list(demos))
+    ps = [sic.prompt(e, p, c) for e, p, c in zip(items, preds, confs, strict=True)]
+    outs = collab.finish_answers(ps, sic.answer_many(items, preds, confs, stage=stage), stage=stage)
     return [{"id": e.id, "weak_pred": p, "confidence": c, "final": o.text, "error": o.error}
             for e, p, c, o in zip(items, preds, confs, outs)]

@@ -167,7 +167,11 @@ class Ablation:
 
 def _dpo_cmp(cmp: dict[str, Any], ckpt: Any) -> dict[str, Any]:
     """A comparison of an aligned model against its start: identical systems when DPO did not run."""
-    return {**cmp, "identical": True, "identical_reason": f"DPO did not run ({ckpt.note})"} if ckpt.note else cmp
+    if not ckpt.note:
+        return cmp
+    out = {**cmp, "identical": True, "identical_reason": f"DPO did not run ({ckpt.note})"}
+    out["verdict"] = report.verdict(out)
+    return out
 
 
 def format_ablation(run: Pipeline) -> Ablation:
@@ -270,7 +274,8 @@ def volume_ablation(run: Pipeline) -> Ablation:
         for v in a.volumes:
             used = min(v, available)
             if (t, used) in out.results:
-                out.notes.append(f"{t}: volume {v} would use the same {used} pairs as a smaller volume (only "
+                out.notes.append(f"{t}: no pairs were mined, so volume {v} is the SFT model" if used == 0 else
+                                 f"{t}: volume {v} would use the same {used} pairs as a smaller volume (only "
                                  f"{available} were mined): not trained again")
                 continue
             ck = run.cowest(t, volume=v)[0]
@@ -278,6 +283,7 @@ def volume_ablation(run: Pipeline) -> Ablation:
             rows.append({"task": t, "pairs": used, **report.result_row(res, [m1]), "metric": m1,
                          "DPO ran": not ck.note})
         vols = sorted(v for (task, v) in out.results if task == t)
+        out.orderings[t] = []  # "not measured" unless a volume above 0 was trained
         if len(vols) > 1:
             out.orderings[t] = [{**report.paired_comparison(out.results[t, vols[-1]], out.results[t, 0],
                                                             seed=run.cfg.seed),

@@ -36,8 +36,9 @@ from cowest.tasks.base import Example, Task
 PREF_SPLIT = "prefq"  # training-split questions held out from SFT, mined for preferences
 ADAPTER_FILES = ["adapter/adapter_config.json", "adapter/adapter_model.safetensors"]
 # the prompt templates each evaluated method renders (part of its stage key)
-METHOD_TEMPLATES = {"weak": [], "strong": ["strong_alone", "strong_answer"], "collab": ["strong_refine", "strong_answer"],
-                    "flare": ["flare", "strong_alone"], "supericl": ["supericl"]}
+METHOD_TEMPLATES = {"weak": [], "strong": ["strong_alone", "strong_answer"],
+                    "collab": ["strong_refine", "strong_answer"],
+                    "flare": ["flare", "strong_alone", "strong_answer"], "supericl": ["supericl", "strong_answer"]}
 
 
 @dataclass(frozen=True)
@@ -688,7 +689,7 @@ class Pipeline:
         if method == "supericl":
             n_demos = self.cfg.baselines.supericl.n_demos
             demos = self.data(task_name)["train"][:n_demos]
-            return baselines.run_supericl(self.task(task_name), self.strong(strong), items, stage=stage,
+            return baselines.run_supericl(self.collaborator(task_name, strong), items, stage=stage,
                                           demos=list(zip(demos, *self._weak_predictions(ckpt, demos))),
                                           predictions=self._weak_predictions(ckpt, items))
         drafts = [d[0] for d in self.drafts(ckpt, items)]

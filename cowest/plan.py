@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from cowest.config import Profile, StrongSpec
 from cowest.preferences import JUDGE_MAX_TOKENS
@@ -47,6 +47,23 @@ class Line:
     def cost(self) -> float:
         m = self.model
         return (self.prompt_tokens * m.price_in_per_mtok + self.completion_tokens * m.price_out_per_mtok) / 1e6
+
+
+def answer_pass_bound(lines: Sequence[Line]) -> tuple[int, float]:
+    """The most answer-pass calls (`cowest.collaborate`) the planned calls can add, and their
+    cost: one per call whose output the token limit could cut before its answer line, each
+    sending that call's prompt and output again and getting `answer_tokens` back. Most
+    outputs end in time, so this is far above what a run sends; it is kept apart from the
+    totals, which count the planned calls."""
+    calls, cost = 0, 0.0
+    for ln in lines:
+        m = ln.model
+        if ln.kind == "judge" or not m.answer_tokens:
+            continue
+        calls += ln.calls
+        cost += ln.calls * ((PROMPT_TOKENS[ln.kind] + m.max_tokens + 60) * m.price_in_per_mtok
+                            + m.answer_tokens * m.price_out_per_mtok) / 1e6
+    return calls, cost
 
 
 def plan(p: Profile) -> list[Line]:
@@ -200,6 +217,13 @@ def print_plan(p: Profile) -> None:
     for ln in lines:
         per_nb[ln.notebook] = per_nb.get(ln.notebook, 0.0) + ln.cost
     print("by notebook: " + ", ".join(f"{nb} ${c:,.2f}" for nb, c in sorted(per_nb.items())))
+    extra, extra_cost = answer_pass_bound(lines)
+    if extra:
+        print(f"plus at most {extra} answer-pass calls, ${extra_cost:.2f} (only for outputs cut by max_tokens before "
+              "their answer line; most are not)")
+    if p.ablations.tasks:
+        print("notebook 05's findings compute the ablations' stages (listed under 06-10): on a first run their calls "
+              "and training fall in 05, and 06-10 reuse them")
     local = [ln for ln in lines if ln.model.backend == "local"]
     if local:
         secs = sum(ln.calls * LOCAL_SECONDS_PER_CALL.get(ln.model.model, 3.0) for ln in local)
