@@ -118,6 +118,7 @@ def _keys(p: Pipeline, task="synth_ifqa"):
         "prefs-collab": k("prefs", p.preferences_inputs(start, "collab", c.evaluator, p.cfg.strong_for(task).name)),
         "prefs-single": k("prefs", p.preferences_inputs(start, "single", c.evaluator, None)),
         "dpo": k("dpo", p.dpo_inputs(start, pairs, p.cfg.seed)),
+        "dpo-last-seed": k("dpo", p.dpo_inputs(start, pairs, p.dpo_seeds(task)[-1])),
         "eval-weak": k("eval", p.evaluate_inputs("weak", task, items, start, None)),
         "eval-strong": k("eval", p.evaluate_inputs("strong", task, items, None, p.cfg.strong_for(task).name)),
         "eval-collab": k("eval", p.evaluate_inputs("collab", task, items, start, p.cfg.strong_for(task).name)),
@@ -141,7 +142,7 @@ def pipe(tmp_path):
 def test_changing_dpo_beta_keeps_the_sft_stage(pipe):
     base = _keys(pipe())
     beta = _keys(pipe("weak_models.smollm2-135m.dpo.beta=0.5"))
-    assert _changed(base, beta) == ["dpo"]
+    assert _changed(base, beta) == ["dpo", "dpo-last-seed"]
 
 
 def test_editing_a_prompt_redoes_exactly_the_stages_that_render_it(pipe, tmp_path, monkeypatch):
@@ -190,6 +191,7 @@ FIELD_CHANGES = {
     "collab.judge": ["collab.evaluator=llm_judge", "collab.judge=gemma3-270m-server"],
     "collab.pairing": ["collab.pairing=extremes"],
     "collab.max_pairs_per_query": ["collab.max_pairs_per_query=1"],
+    "collab.dpo_seeds": ["collab.dpo_seeds=2"],
     "baselines.flare.threshold": ["baselines.flare.threshold=0.2"],
     "baselines.flare.top_k": ["baselines.flare.top_k=1"],
     "baselines.flare.max_steps": ["baselines.flare.max_steps=2"],
@@ -200,6 +202,8 @@ FIELD_CHANGES = {
     "tasks.n_test": ["tasks.synth_ifqa.n_test=3"],
     "tasks.params": ["tasks.synth_ifqa.params={n_entities: 5}"],
     "tasks.strong": ["tasks.synth_ifqa.strong=gemma3-270m-server"],
+    "tasks.dpo_seeds": ["tasks.synth_ifqa.dpo_seeds=2"],
+    "tasks.n_queries": ["tasks.synth_ifqa.n_queries=3"],
 }
 
 
@@ -272,7 +276,7 @@ def test_a_failed_reply_is_never_scored_and_leaves_the_stage_unfinished(run, mon
 def test_dpo_seeds_add_runs_without_touching_the_first(pipe):
     """More DPO seeds add DPO stages (keyed by their seed) and change no existing stage."""
     base = _keys(pipe())
-    assert _changed(base, _keys(pipe("collab.dpo_seeds=3"))) == []
+    assert _changed(base, _keys(pipe("collab.dpo_seeds=3"))) == ["dpo-last-seed"]
     p = pipe("collab.dpo_seeds=3")
     assert p.dpo_seeds("synth_ifqa") == [p.cfg.seed, p.cfg.seed + 1, p.cfg.seed + 2]
     assert pipe("collab.dpo_seeds=3", "tasks.synth_med.dpo_seeds=1").dpo_seeds("synth_med") == [p.cfg.seed]
@@ -301,3 +305,9 @@ def test_the_confidence_span_is_where_the_draft_wrote_its_answer():
     assert _answer_span("Reasoning: ...\nAnswer: **30 mg**", "A") == "30 mg"
     assert _answer_span("Reasoning: ...\nAnswer: **30** mg", "A") is None  # the cleaned segment is not verbatim
     assert _answer_span("anything", "") is None
+
+
+def test_the_collaborator_gets_the_strong_models_answer_tokens(pipe):
+    p = pipe("strong_models.smollm2-135m-server.answer_tokens=9")
+    assert p.collaborator("synth_ifqa").answer_tokens == 9  # no server starts: clients start on a cache miss
+    assert pipe().collaborator("synth_ifqa").answer_tokens is None  # smoke: null, no answer pass

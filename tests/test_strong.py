@@ -729,6 +729,7 @@ NON_DEFAULT: dict[str, Any] = {
     "api_key_env": "COWEST_TEST_FIELD_KEY",
     "mode": "completion",
     "max_tokens": 77,
+    "answer_tokens": 8,
     "temperature": 0.3,
     "top_p": 0.9,
     "system_prompt": "Be brief.",
@@ -765,6 +766,8 @@ ELSEWHERE = {
     "base_url": "the API root of backend 'api': the caller passes it as "
                 "StrongClient.from_spec(endpoint=...) (a local backend passes its "
                 "ServerPool instead)",
+    "answer_tokens": "the answer pass of cowest.collaborate.Collaborator, which Pipeline.collaborator "
+                     "builds with it (tests/test_pipeline.py checks that; tests/test_collaborate.py runs the pass)",
     "stands_in_for": "a label only: the paper's model a substitute replaces, shown by notebooks 05 and 07; "
                      "it changes no request (left out of the stage keys by Pipeline.strong_inputs)",
 }
