@@ -20,13 +20,31 @@ Every ordering is a paired test on the same items (`cowest.report.paired_compari
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import pandas as pd
 
 from cowest import report
 from cowest.pipeline import Pipeline, Result
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _frees_servers(fn: _F) -> _F:
+    """Stop the local strong-model servers the experiment started once it is done (its
+    results are in the stage store): notebook 05 runs every experiment in one kernel, and
+    each experiment's servers (other strong models, FLARE's log-probability pool) would
+    otherwise all stay in memory at once. The next experiment starts what it needs."""
+    @functools.wraps(fn)
+    def run_and_free(run: Pipeline, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(run, *args, **kwargs)
+        finally:
+            run.close()
+    return run_and_free  # type: ignore[return-value]
+
 
 #: the rows of the main table, in the paper's order
 MAIN_METHODS = ("Weak (SFT)", "Strong (CoT)", "FLARE", "SuperICL", "RLWF", "Standard refinement", "CoWest")
@@ -119,6 +137,7 @@ MAIN_COMPARISONS = (
 )
 
 
+@_frees_servers
 def main_table(run: Pipeline) -> MainTable:
     """The main table on every task of the profile, with the paired comparisons."""
     from cowest.tasks import paper_numbers
@@ -174,6 +193,7 @@ def _dpo_cmp(cmp: dict[str, Any], ckpt: Any) -> dict[str, Any]:
     return out
 
 
+@_frees_servers
 def format_ablation(run: Pipeline) -> Ablation:
     """Draft formats (direct, knowledge, cot), each SFT only and aligned; paired tests of each
     format against the previous one (aligned) and of aligned against SFT in each format."""
@@ -201,6 +221,7 @@ def format_ablation(run: Pipeline) -> Ablation:
     return out
 
 
+@_frees_servers
 def strong_ablation(run: Pipeline) -> Ablation:
     """Each strong model alone, with SFT drafts and with CoWest; CoWest with each strong model
     against CoWest with the previous one (the profile lists them from weaker to stronger)."""
@@ -230,6 +251,7 @@ def strong_ablation(run: Pipeline) -> Ablation:
     return out
 
 
+@_frees_servers
 def weak_ablation(run: Pipeline) -> Ablation:
     """Each weak model alone, with standard refinement and with CoWest; CoWest with the weak
     model that is better alone against CoWest with the other (paired, same items)."""
@@ -259,6 +281,7 @@ def weak_ablation(run: Pipeline) -> Ablation:
     return out
 
 
+@_frees_servers
 def volume_ablation(run: Pipeline) -> Ablation:
     """CoWest trained on nested subsets of one mined pool (0 = SFT only); the largest volume
     against 0 pairs. A volume above the pool size is not trained again."""
