@@ -180,7 +180,7 @@ class Flare:
                         "passages": passages, "error": look_error}
             writer = self.answerer or self.collab
             c = writer.client.complete(self.prompt(ex, passages), stage=stage, **stop)
-            # an answer cut before its answer line gets the same answer pass as every other method
+            # an answer without its answer line gets the same answer pass as every other method
             c = writer.finish_answers([self.prompt(ex, passages)], [c], stage=stage)[0]
             error = c.error if c.error is None else f"FLARE answer: {c.error}"
         return {"text": c.text, "retrievals": len(queries), "queries": queries, "passages": passages,

@@ -3,8 +3,8 @@
     z  = strong(x)       strong_alone()   zero-shot chain of thought ("GPT-4 (CoT)")
     y* = strong(x, y)    refine()         the draft y comes from any weak checkpoint/format
 
-An output that reaches the token limit (`max_tokens`) before its answer line is finished
-by one more short call (`StrongSpec.answer_tokens` tokens, template `strong_answer`) that
+An output without its answer line (it reached the token limit, `max_tokens`, first, or
+ended without writing it) is finished by one more short call (`StrongSpec.answer_tokens` tokens, template `strong_answer`) that
 asks for the answer line, as zero-shot chain-of-thought papers extract an answer in a second
 step. The item is then scored on its reasoning followed by that line, never dropped.
 
@@ -109,10 +109,10 @@ class Collaborator:
                               answer_hint=answer_hint(self.task))
 
     def finish_answers(self, ps: Sequence[str], outs: Sequence[Completion], *, stage: str) -> list[Completion]:
-        """Each output cut by the token limit before its answer line, followed by the answer
-        line of one more short call (cached and counted like any call); the others unchanged."""
-        cut = [i for i, o in enumerate(outs)
-               if self.answer_tokens and o.ok and o.finish_reason == "length" and not has_answer_line(o.text)]
+        """Each output without its answer line (cut by the token limit, or ended without
+        writing it), followed by the answer line of one more short call (cached and counted
+        like any call); the others unchanged."""
+        cut = [i for i, o in enumerate(outs) if self.answer_tokens and o.ok and not has_answer_line(o.text)]
         if not cut:
             return list(outs)
         more = self.client.complete_many([self.answer_prompt(ps[i], outs[i].text) for i in cut], stage=stage,

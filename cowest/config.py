@@ -174,7 +174,7 @@ class StrongSpec(_Spec):
     api_key_env: str | None = None  # name of the environment variable holding the key
     mode: Literal["chat", "completion"] = "chat"  # completion for base models
     max_tokens: Count = 128  # completion length limit
-    # an output cut by max_tokens before its answer line gets one more call of at most this
+    # an output without its answer line (cut by max_tokens, or ended without it) gets one more call of at most this
     # many tokens that asks for the answer line (`cowest.collaborate`); null: no such call
     answer_tokens: Count | None = 16
     temperature: Temperature = 0.0  # sampling temperature, in [0, 2]

@@ -51,7 +51,7 @@ class Line:
 
 def answer_pass_bound(lines: Sequence[Line]) -> tuple[int, float]:
     """The most answer-pass calls (`cowest.collaborate`) the planned calls can add, and their
-    cost: one per call whose output the token limit could cut before its answer line, each
+    cost: one per call whose output could lack its answer line (cut by the limit, or ended without it), each
     sending that call's prompt and output again and getting `answer_tokens` back. Most
     outputs end in time, so this is far above what a run sends; it is kept apart from the
     totals, which count the planned calls."""

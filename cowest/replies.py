@@ -130,8 +130,8 @@ class Completion:
             text is empty or only whitespace. Returned by the client (with `error` `None`)
             once the `min(1, max_retries)` retry was blank too: the model's answer (e.g. a
             completion-mode model that stops at once on its stop sequence).
-        answer_pass: the text is an output cut by the token limit before its answer line,
-            followed by the answer line that a second, short call gave
+        answer_pass: the text is an output without its answer line (cut by the token limit,
+            or ended without it), followed by the answer line that a second, short call gave
             ([`Collaborator`](cowest.collaborate.Collaborator); never cached as one reply).
     """
 

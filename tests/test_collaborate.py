@@ -1,5 +1,6 @@
-"""The answer pass (cowest.collaborate): an output cut by max_tokens before its answer line is
-finished by one more short call, against a real llama.cpp server (SmolLM2, chat)."""
+"""The answer pass (cowest.collaborate): an output without its answer line (cut by max_tokens,
+or ended without it) is finished by one more short call, against a real llama.cpp server
+(SmolLM2, chat)."""
 
 from __future__ import annotations
 
@@ -61,4 +62,4 @@ def test_cut_outputs_get_an_answer_line_from_one_more_call(smol, tmp_path):
     assert [o.text for o in again] == [o.text for o in out] and _posts(smol.log_path) == before
     # the pass's prompt holds the question and the cut reasoning, not the gold answer
     prompt = col.answer_prompt(col.refine_prompt(items[0], drafts[0]), out[0].text)
-    assert task.render_question(items[0]) in prompt and "Your reasoning was cut off" in prompt
+    assert task.render_question(items[0]) in prompt and "Your reasoning stopped before its answer line" in prompt
