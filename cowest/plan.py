@@ -201,6 +201,14 @@ def training_plan(p: Profile) -> list[TrainLine]:
     return out
 
 
+def _by_notebook(items: Sequence[Any], value: Any) -> dict[str, float]:
+    """``value(item)`` summed per notebook."""
+    out: dict[str, float] = {}
+    for it in items:
+        out[it.notebook] = out.get(it.notebook, 0.0) + value(it)
+    return out
+
+
 def print_plan(p: Profile) -> None:
     lines = plan(p)
     print(f"Planned strong-model calls for profile {p.name!r} ({p.source}); nothing is sent.\n")
@@ -213,9 +221,7 @@ def print_plan(p: Profile) -> None:
     print(f"\ntotal: {tot} calls, {sum(ln.prompt_tokens for ln in lines)} prompt tokens, "
           f"{sum(ln.completion_tokens for ln in lines)} completion tokens (upper bound), ${cost:.2f} "
           f"(upper bound; cached calls cost nothing)")
-    per_nb: dict[str, float] = {}
-    for ln in lines:
-        per_nb[ln.notebook] = per_nb.get(ln.notebook, 0.0) + ln.cost
+    per_nb = _by_notebook(lines, lambda ln: ln.cost)
     print("by notebook: " + ", ".join(f"{nb} ${c:,.2f}" for nb, c in sorted(per_nb.items())))
     extra, extra_cost = answer_pass_bound(lines)
     if extra:
@@ -238,18 +244,14 @@ def print_plan(p: Profile) -> None:
         train = training_plan(p)
         print("\nCPU training (2 cores; from step times measured by benchmarks/suite.py, scaled by parameter "
               "count; pairs at the mining cap, an upper bound):")
-        by_nb_cpu: dict[str, float] = {}
-        for t in train:
-            by_nb_cpu[t.notebook] = by_nb_cpu.get(t.notebook, 0.0) + t.cpu_minutes
+        by_nb_cpu = _by_notebook(train, lambda t: t.cpu_minutes)
         print("  " + ", ".join(f"notebook {nb} {m:.0f} min" for nb, m in sorted(by_nb_cpu.items()))
               + f"; total {sum(by_nb_cpu.values()):.0f} min")
     if any(w.quantization == "4bit" and w.model not in _offline() for w in p.weak_models):
         train = training_plan(p)
         print("\nGPU training (4-bit QLoRA, one GPU; from step times measured on an H200 by benchmarks/gpu_check.sh, "
               "scaled by parameter count; drafting and evaluation come on top):")
-        by_nb: dict[str, float] = {}
-        for t in train:
-            by_nb[t.notebook] = by_nb.get(t.notebook, 0.0) + t.gpu_hours
+        by_nb = _by_notebook(train, lambda t: t.gpu_hours)
         for nb, h in sorted(by_nb.items()):
             print(f"  notebook {nb}: {h:5.1f} GPU-hours")
         print(f"  total: {sum(by_nb.values()):.1f} GPU-hours")
