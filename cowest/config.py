@@ -223,6 +223,9 @@ class SuperICLSpec(_Spec):
 class BaselineSpec(_Spec):
     flare: FlareSpec = FlareSpec()  # FLARE-style active retrieval
     supericl: SuperICLSpec = SuperICLSpec()  # SuperICL (weak model's answer in the prompt)
+    # test items of FLARE and SuperICL in the main table: a prefix of each task's test split
+    # (default: all). Their rows and paired tests then use those items; the table's n says so.
+    n_test: Count | None = None
 
 
 class AblationSpec(_Spec):
@@ -234,6 +237,10 @@ class AblationSpec(_Spec):
     volumes: list[Count] = []  # preference pairs used for DPO
     evaluators: list[Evaluator] = ["gold", "llm_judge"]  # feedback sources compared
     rounds: Count = 2  # iterated alignment rounds
+    # training queries mined for each ablation system (formats, strong and weak models, rounds,
+    # evaluators): a prefix of the task's mined queries; default: all of them. The volume
+    # ablation always subsets the main table's pool.
+    n_queries: Count | None = None
 
 
 class GatesSpec(_Spec):
@@ -293,6 +300,11 @@ class Profile(_Spec):
     def n_queries(self, task: str) -> int:
         """The training queries mined for preferences on a task (its own, else collab's)."""
         return self.task(task).n_queries or self.collab.n_queries
+
+    def ablation_queries(self, task: str) -> int | None:
+        """The mined queries of an ablation system on a task (None: all of the task's)."""
+        n, full = self.ablations.n_queries, self.n_queries(task)
+        return None if n is None or n >= full else n
 
     def n_dpo_seeds(self, task: str) -> int:
         """DPO runs per aligned method in a task's main table (its own, else collab's)."""

@@ -93,11 +93,12 @@ class MainTable:
 def main_results(run: Pipeline, task: str) -> dict[str, list[Result]]:
     """Every row of the main table for one task (CoWest and RLWF once per DPO seed)."""
     sft = run.sft(task)
+    n_base = run.cfg.baselines.n_test  # FLARE and SuperICL may run on a prefix of the test items
     out = {
         "Weak (SFT)": [run.evaluate("weak", task, ckpt=sft, label="weak-sft")],
         "Strong (CoT)": [run.evaluate("strong", task)],
-        "FLARE": [run.evaluate("flare", task)],
-        "SuperICL": [run.evaluate("supericl", task, ckpt=sft)],
+        "FLARE": [run.evaluate("flare", task, n=n_base)],
+        "SuperICL": [run.evaluate("supericl", task, ckpt=sft, n=n_base)],
         "RLWF": [run.evaluate("collab", task, ckpt=run.rlwf(task, seed=s), label=_seed_label(run, "rlwf", s))
                  for s in run.dpo_seeds(task)],
         "Standard refinement": [run.evaluate("collab", task, ckpt=sft, label="collab-sft")],
@@ -203,7 +204,7 @@ def format_ablation(run: Pipeline) -> Ablation:
     for t in a.tasks:
         m1 = _metric(run, t)
         for fmt in a.formats:
-            sft, cow = run.sft(t, fmt=fmt), run.cowest(t, fmt=fmt)[0]
+            sft, cow = run.sft(t, fmt=fmt), run.cowest(t, fmt=fmt, n_queries=run.cfg.ablation_queries(t))[0]
             for stage_name, ck in (("SFT only", sft), ("CoWest (aligned)", cow)):
                 res = run.evaluate("collab", t, ckpt=ck, n=n, label=f"fmt-{fmt}-{ck.tag}")
                 out.results[t, fmt, stage_name] = res
@@ -232,7 +233,7 @@ def strong_ablation(run: Pipeline) -> Ablation:
         m1 = _metric(run, t)
         sft = run.sft(t)
         for s in a.strong_models:
-            cow = run.cowest(t, strong=s)[0]
+            cow = run.cowest(t, strong=s, n_queries=run.cfg.ablation_queries(t))[0]
             spec = run.cfg.strong_model(s)
             for method, res in (
                 ("Strong alone", run.evaluate("strong", t, strong=s, n=n)),
@@ -262,7 +263,7 @@ def weak_ablation(run: Pipeline) -> Ablation:
         m1 = _metric(run, t)
         for wname in a.weak_models:
             w = run.cfg.weak_model(wname)
-            sft, cow = run.sft(t, weak=w), run.cowest(t, weak=w)[0]
+            sft, cow = run.sft(t, weak=w), run.cowest(t, weak=w, n_queries=run.cfg.ablation_queries(t))[0]
             for method, res in (
                 ("Weak alone (SFT)", run.evaluate("weak", t, ckpt=sft, n=n, label="weak-sft")),
                 ("Standard refinement", run.evaluate("collab", t, ckpt=sft, n=n, label="collab-sft")),

@@ -406,9 +406,14 @@ class Pipeline:
             raise ValueError("the llm_judge evaluator needs the task name (its judge may depend on it)")
         return LLMJudge(self.strong(self.judge_for(task_name).name))
 
-    def preferences_inputs(self, ckpt: Checkpoint, feedback: str, evaluator: str, strong: str | None) -> dict[str, Any]:
+    def pref_queries(self, task_name: str, n_queries: int | None = None) -> list[Example]:
+        """The mined queries: the held-out training questions, or their first `n_queries`."""
+        return self.data(task_name)[PREF_SPLIT][:n_queries]
+
+    def preferences_inputs(self, ckpt: Checkpoint, feedback: str, evaluator: str, strong: str | None,
+                           n_queries: int | None = None) -> dict[str, Any]:
         c = self.cfg.collab
-        qs = self.data(ckpt.task)[PREF_SPLIT]
+        qs = self.pref_queries(ckpt.task, n_queries)
         judge = self.judge_for(ckpt.task).name if evaluator == "llm_judge" else None
         templates = (["strong_alone", "strong_refine", "strong_answer"] if feedback == "collab" else []) + (
             ["judge"] if judge else [])
@@ -421,8 +426,10 @@ class Pipeline:
 
     def preferences(
         self, ckpt: Checkpoint, *, feedback: str = "collab", evaluator: str | None = None, strong: str | None = None,
+        n_queries: int | None = None,
     ) -> dict[str, Any]:
-        """Mine preference pairs on the held-out training questions.
+        """Mine preference pairs on the held-out training questions (the first `n_queries` of
+        them when given: the ablations' smaller mining, `ablations.n_queries`).
 
         feedback="collab" is CoWest (drafts judged by what the strong model makes of them);
         feedback="single" is our RLWF (drafts judged on their own; no strong-model call).
@@ -434,10 +441,11 @@ class Pipeline:
         evaluator = evaluator or c.evaluator
         strong_name = (strong or self.cfg.strong_for(ckpt.task).name) if feedback == "collab" else None
         tag = f"{feedback}-{evaluator}" + (f"-{strong}" if strong else "")
-        inputs = self.preferences_inputs(ckpt, feedback, evaluator, strong_name)
+        tag += f"-q{n_queries}" if n_queries is not None else ""
+        inputs = self.preferences_inputs(ckpt, feedback, evaluator, strong_name, n_queries)
 
         def build(folder: Path) -> int:
-            qs = self.data(ckpt.task)[PREF_SPLIT]
+            qs = self.pref_queries(ckpt.task, n_queries)
             drafts = self.drafts(ckpt, qs, k=c.k, temperature=c.temperature)
             records, pairs, stats = mine(
                 self.task(ckpt.task), qs, drafts, self.weak_prompts(ckpt.weak, self.task(ckpt.task), qs, ckpt.fmt),
@@ -511,15 +519,17 @@ class Pipeline:
     def cowest(
         self, task_name: str, *, weak: WeakSpec | None = None, fmt: str | None = None, rounds: int = 1,
         evaluator: str | None = None, strong: str | None = None, volume: int | None = None,
-        seed: int | None = None,
+        seed: int | None = None, n_queries: int | None = None,
     ) -> list[Checkpoint]:
         """SFT, then `rounds` rounds of (mine collaborative preferences -> DPO). One checkpoint per round.
-        ``seed``: the DPO seed (default the profile's; see :meth:`dpo_seeds`)."""
+        ``seed``: the DPO seed (default the profile's; see :meth:`dpo_seeds`); ``n_queries``: mine
+        only the first queries (the ablations' `cfg.ablation_queries`; default all)."""
         ckpt = self.sft(task_name, weak, fmt)
         out = []
-        suffix = "".join(f"-{k}{v}" for k, v in [("", evaluator), ("s-", strong), ("v", volume)] if v is not None)
+        suffix = "".join(f"-{k}{v}" for k, v in [("", evaluator), ("s-", strong), ("v", volume), ("q", n_queries)]
+                         if v is not None)
         for r in range(1, rounds + 1):
-            prefs = self.preferences(ckpt, evaluator=evaluator, strong=strong)
+            prefs = self.preferences(ckpt, evaluator=evaluator, strong=strong, n_queries=n_queries)
             ckpt = self.dpo(ckpt, prefs, tag=f"cowest-r{r}{suffix}", volume=volume, seed=seed)
             out.append(ckpt)
         return out

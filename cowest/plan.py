@@ -85,17 +85,20 @@ def plan(p: Profile) -> list[Line]:
         add("05", f"{t.name}: refinement of SFT drafts, and of RLWF / CoWest drafts x {seeds} DPO seed(s)", s,
             (1 + 2 * seeds) * n, "refine")
         fl = p.baselines.flare
-        retrievals = int(n * FLARE_RETRIEVAL_SHARE * fl.max_steps)
-        add("05", f"{t.name}: FLARE look-ahead passes (log-probabilities)", s, n + retrievals, "flare")
+        nb = min(n, p.baselines.n_test or n)  # FLARE and SuperICL's test items
+        retrievals = int(nb * FLARE_RETRIEVAL_SHARE * fl.max_steps)
+        add("05", f"{t.name}: FLARE look-ahead passes (log-probabilities)", s, nb + retrievals, "flare")
         if fl.lookahead_tokens is not None:  # the answer is written by the fast server (no retrieval: cached)
-            add("05", f"{t.name}: FLARE answers after retrieval", s, int(n * FLARE_RETRIEVAL_SHARE), "flare")
-        add("05", f"{t.name}: SuperICL", s, n, "supericl")
+            add("05", f"{t.name}: FLARE answers after retrieval", s, int(nb * FLARE_RETRIEVAL_SHARE), "flare")
+        add("05", f"{t.name}: SuperICL", s, nb, "supericl")
     for t in a.tasks:
         s = p.strong_for(t)
-        q = p.n_queries(t)
+        q = p.ablation_queries(t) or p.n_queries(t)
         judge = p.strong_model(c.judge) if c.judge else s
         n = a.n_test
         others = [f for f in a.formats if f != c.format]
+        if p.ablation_queries(t):  # the main system mined again on the ablations' fewer queries
+            add("06", f"{t}: mining the main system on the ablations' {q} queries", s, q * (1 + c.k), "refine")
         add("06", f"{t}: {len(others)} more formats, mining", s, len(others) * q * c.k, "refine")
         add("06", f"{t}: formats x (SFT, CoWest) refinement", s, 2 * len(a.formats) * n, "refine")
         for name in a.strong_models:
@@ -183,11 +186,14 @@ def training_plan(p: Profile) -> list[TrainLine]:
                              2 * seeds * pairs))
     for name in a.tasks:
         t = p.task(name)
-        pairs = p.n_queries(name) * c.max_pairs_per_query
+        pairs = (p.ablation_queries(name) or p.n_queries(name)) * c.max_pairs_per_query
+        pool = p.n_queries(name) * c.max_pairs_per_query  # the volume ablation subsets the main pool
         others = [f for f in a.formats if f != c.format]
         out.append(TrainLine("06", f"{name}: SFT + DPO in {len(others)} more formats", p.weak, "sft",
                              len(others) * t.n_train))
-        out.append(TrainLine("06", f"{name}: DPO in {len(others)} more formats", p.weak, "dpo", len(others) * pairs))
+        out.append(TrainLine("06", f"{name}: DPO in {len(others) + bool(p.ablation_queries(name))} more formats"
+                             + (" (the main one on the ablations' queries too)" if p.ablation_queries(name) else ""),
+                             p.weak, "dpo", (len(others) + bool(p.ablation_queries(name))) * pairs))
         out.append(TrainLine("07", f"{name}: DPO with {len(a.strong_models) - 1} other strong models", p.weak, "dpo",
                              max(0, len(a.strong_models) - 1) * pairs))
         for wname in a.weak_models:
@@ -195,7 +201,7 @@ def training_plan(p: Profile) -> list[TrainLine]:
                 w = p.weak_model(wname)
                 out.append(TrainLine("08", f"{name}: {wname} SFT", w, "sft", t.n_train))
                 out.append(TrainLine("08", f"{name}: {wname} DPO", w, "dpo", pairs))
-        out.append(TrainLine("09", f"{name}: DPO at volumes {a.volumes}", p.weak, "dpo", sum(min(v, pairs) for v in a.volumes)))
+        out.append(TrainLine("09", f"{name}: DPO at volumes {a.volumes}", p.weak, "dpo", sum(min(v, pool) for v in a.volumes)))
         out.append(TrainLine("10", f"{name}: rounds 2..{a.rounds} and the other evaluator", p.weak, "dpo",
                              (max(0, a.rounds - 1) + len(a.evaluators) - 1) * pairs))
     return out

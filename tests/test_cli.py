@@ -131,3 +131,21 @@ def test_readme_cost_table_matches_the_dry_run():
         num = re.match(r"\d\d", nb).group(0)
         assert float(usd) == pytest.approx(cost.get(num, 0.0), abs=1), nb
         assert float(gpu) == pytest.approx(hours.get(num, 0.0), abs=0.1), nb
+
+
+def test_the_dry_run_counts_the_ablations_and_baselines_sizes():
+    """`ablations.n_queries` shrinks every ablation's mining and `baselines.n_test` FLARE and
+    SuperICL's calls, in the plan as in the run."""
+    from cowest.config import load_profile
+    from cowest.plan import plan
+
+    def calls(*overrides, nb=None, what=""):
+        return sum(ln.calls for ln in plan(load_profile("tiny", overrides=list(overrides)))
+                   if (nb is None or ln.notebook == nb) and what in ln.what)
+
+    few, many = calls("ablations.n_queries=4", nb="10"), calls("ablations.n_queries=null", nb="10")
+    assert 0 < few < many
+    assert calls("ablations.n_queries=null", what="mining the main system") == 0
+    assert calls("ablations.n_queries=4", what="mining the main system") > 0
+    assert calls("baselines.n_test=10", what="SuperICL") == 10 * 3
+    assert calls("baselines.n_test=10", what="FLARE") < calls(what="FLARE")

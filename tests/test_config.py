@@ -216,16 +216,16 @@ def test_extends_cycle(tmp_path):
 # ----------------------------------------------------------------------------- --set overrides
 def test_overrides():
     sets = ["collab.k=8", "tasks.synth_ifqa.n_test=200", "weak_models.smollm2-135m.dpo.beta=0.5",
-            "ablations.formats=[direct,cot]", "strong_models.qwen2.5-coder-1.5b.max_tokens=32",
+            "ablations.formats=[direct,knowledge,cot]", "strong_models.qwen2.5-coder-0.5b.max_tokens=32",
             "weak_models.1.max_new_tokens=9", "name=tiny-k8"]
     tiny = load_profile("tiny")
     p = load_profile("tiny", overrides=sets)
     assert (p.collab.k, p.task("synth_ifqa").n_test, p.weak.dpo.beta) == (8, 200, 0.5)
-    assert p.ablations.formats == ["direct", "cot"] and p.strong_models[1].max_tokens == 32
+    assert p.ablations.formats == ["direct", "knowledge", "cot"] and p.strong_models[1].max_tokens == 32
     assert p.weak_models[1].max_new_tokens == 9 and p.name == "tiny-k8"
     assert p.task("synth_med") == tiny.task("synth_med") and p.overrides == tuple(sets)
     assert p.hash() != tiny.hash() and "overrides" not in p.to_dict()
-    assert load_profile("tiny", overrides=["collab.k=3"]).hash() == tiny.hash()
+    assert load_profile("tiny", overrides=[f"collab.k={tiny.collab.k}"]).hash() == tiny.hash()
 
 
 @pytest.mark.parametrize("ov, msg", [

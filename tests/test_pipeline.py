@@ -311,3 +311,27 @@ def test_the_collaborator_gets_the_strong_models_answer_tokens(pipe):
     p = pipe("strong_models.smollm2-135m-server.answer_tokens=9")
     assert p.collaborator("synth_ifqa").answer_tokens == 9  # no server starts: clients start on a cache miss
     assert pipe().collaborator("synth_ifqa").answer_tokens is None  # smoke: null, no answer pass
+
+
+def test_the_ablations_mine_a_prefix_of_the_queries(run, monkeypatch):
+    """`ablations.n_queries` mines only the first queries: fewer strong calls, its own stage,
+    and the main mining is untouched."""
+    task = run.task("synth_safety")
+    strong = ScriptedStrong(task)
+    monkeypatch.setattr(Pipeline, "strong", lambda self, name=None, logprobs=False: strong)
+    monkeypatch.setattr(Pipeline, "drafts", lambda self, ck, items, **kw: _drafts(task, items, kw["k"]))
+    n, k = run.cfg.collab.n_queries, run.cfg.collab.k
+    few = run.cfg.ablation_queries("synth_safety")
+    assert few is not None and few < n  # the smoke profile sets ablations.n_queries below collab.n_queries
+    prefs = run.preferences(_ckpt(run), n_queries=few)
+    assert prefs["stats"]["queries"] == few and len(strong.calls) == few * (1 + k)
+    assert [r["id"] for r in prefs["records"]] == [e.id for e in run.data("synth_safety")[pipeline.PREF_SPLIT][:few]]
+    full = run.preferences(_ckpt(run))
+    assert full["stats"]["queries"] == n and full["key"] != prefs["key"]
+
+
+def test_ablation_queries_are_none_when_they_cover_the_task(pipe):
+    p = pipe()
+    assert p.cfg.ablation_queries("synth_ifqa") == p.cfg.ablations.n_queries < p.cfg.n_queries("synth_ifqa")
+    assert pipe(f"ablations.n_queries={p.cfg.n_queries('synth_ifqa')}").cfg.ablation_queries("synth_ifqa") is None
+    assert pipe("ablations.n_queries=null").cfg.ablation_queries("synth_ifqa") is None
