@@ -370,7 +370,8 @@ def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong
         size = sizes.get(task, "") if size is None else size
         rows.append({"finding": finding, "paper": paper, "task": task, "sizing": size, "ours": res,
                      "numbers": "; ".join(_numbers(c) for c in cmps),
-                     "likely reason": "" if res == "reproduced" else reason(cmps, premise)})
+                     "likely reason": "" if res == "reproduced" else reason(cmps, premise) if cmps else
+                     "not measured: the profile compares fewer than two variants here"})
 
     for t, cmp in main.comparisons.items():
         add("collaboration beats each model alone", "CoWest above the weak and the strong model alone", t,
