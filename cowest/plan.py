@@ -20,10 +20,12 @@ from cowest.preferences import JUDGE_MAX_TOKENS
 # long MedMCQA stems or dialogue contexts run longer, hence the margin)
 PROMPT_TOKENS = {"alone": 250, "refine": 350, "judge": 300, "flare": 450, "supericl": 700}
 FLARE_RETRIEVAL_SHARE = 0.5  # share of items expected to trigger one retrieval (upper estimate)
-# Seconds per uncached call of a local llama.cpp server on the 2-core CPU machines of this
-# project (measured 2026-11-26: ~100-token prompt sharing a prefix with the previous one,
-# 2 threads, answers of ~15-48 tokens). Used only to print a time estimate.
-LOCAL_SECONDS_PER_CALL = {"qwen2.5-coder-1.5b": 4.5, "qwen2.5-coder-0.5b": 1.8, "smollm2-135m": 1.2,
+# Wall seconds per uncached call of local llama.cpp servers on the 2-core CPU machines of this
+# project. Qwen: two 1-thread servers with two calls in flight, measured in the first mini run
+# (2026-11-27: synth_ifqa mining 832 s for 583 calls, 200 chain-of-thought answers 470 s;
+# synth_med / synth_safety outputs are longer, ~3.5 s). The others: one 2-thread server
+# (2026-11-26). Used only to print a time estimate.
+LOCAL_SECONDS_PER_CALL = {"qwen2.5-coder-1.5b": 1.8, "qwen2.5-coder-0.5b": 0.9, "smollm2-135m": 1.2,
                           "gemma3-270m": 1.2}
 
 
