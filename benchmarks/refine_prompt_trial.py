@@ -5,14 +5,17 @@ used the first mini run's stage store, /tmp/fresh_mini/results/mini):
 
     .venv/bin/python benchmarks/refine_prompt_trial.py v1 v2 v3 [--profile mini]
 
-For each variant in benchmarks/refine_prompts/<variant>.txt it writes that text to
-cowest/prompts/strong_refine.txt, computes every gate of every task with the profile's strong
-model (`Pipeline.gates`: validation items only; strong calls cached), prints them, and
-restores the prompt file. Only draft use and answer lines depend on the refine prompt.
+For each variant in benchmarks/refine_prompts/<variant>.txt it points the template loader at a
+temporary copy of cowest/prompts/ with that text as strong_refine.txt (the checkout's files are
+never written), computes every gate of every task with the profile's strong model
+(`Pipeline.gates`: validation items only; strong calls cached) and prints them. Only draft use
+and answer lines depend on the refine prompt.
 Results: results/benchmarks/refine_prompt_trial.{json,md}.
 """
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,12 +32,14 @@ def main() -> None:
     ap.add_argument("--profile", default="mini")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks")
     args = ap.parse_args()
-    prompt = ROOT / "cowest" / "prompts" / "strong_refine.txt"
-    original = prompt.read_text()
+    original_dir = prompts.PROMPT_DIR
     out: dict[str, dict] = {}
     try:
         for v in args.variants:
-            prompt.write_text((ROOT / "benchmarks" / "refine_prompts" / f"{v}.txt").read_text())
+            tmp = Path(tempfile.mkdtemp(prefix="refine-prompt-"))
+            shutil.copytree(original_dir, tmp, dirs_exist_ok=True)
+            shutil.copy(ROOT / "benchmarks" / "refine_prompts" / f"{v}.txt", tmp / "strong_refine.txt")
+            prompts.PROMPT_DIR = tmp
             prompts._load.cache_clear()  # templates are read once per process
             run = Pipeline(load_profile(args.profile), results=ROOT / "results")
             t0 = time.time()
@@ -46,8 +51,9 @@ def main() -> None:
                 print(v, spec.name, {g: (r["value"], r["passed"]) for g, r in out[v][spec.name].items()}, flush=True)
             out[v]["seconds"] = round(time.time() - t0, 1)
             run.close()
+            shutil.rmtree(tmp)
     finally:
-        prompt.write_text(original)
+        prompts.PROMPT_DIR = original_dir
         prompts._load.cache_clear()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "refine_prompt_trial.json").write_text(json.dumps(out, indent=1) + "\n")

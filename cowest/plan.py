@@ -95,11 +95,12 @@ def plan(p: Profile) -> list[Line]:
         add("05", f"{t.name}: SuperICL", s, nb, "supericl")
     for t in a.tasks:
         s = p.strong_for(t)
-        q = p.ablation_queries(t) or p.n_queries(t)
+        fewer = p.ablation_queries(t)  # None: the ablations mine all of the task's queries
+        q = fewer or p.n_queries(t)
         judge = p.strong_model(c.judge) if c.judge else s
         n = a.n_test
         others = [f for f in a.formats if f != c.format]
-        if p.ablation_queries(t):  # the main system mined again on the ablations' fewer queries
+        if fewer:  # the main system mined again on the ablations' fewer queries
             add("06", f"{t}: mining the main system on the ablations' {q} queries", s, q * (1 + c.k), "refine")
         add("06", f"{t}: {len(others)} more formats, mining", s, len(others) * q * c.k, "refine")
         add("06", f"{t}: formats x (SFT, CoWest) refinement", s, 2 * len(a.formats) * n, "refine")
@@ -188,14 +189,16 @@ def training_plan(p: Profile) -> list[TrainLine]:
                              2 * seeds * pairs))
     for name in a.tasks:
         t = p.task(name)
-        pairs = (p.ablation_queries(name) or p.n_queries(name)) * c.max_pairs_per_query
+        fewer = p.ablation_queries(name)  # None: the ablations mine all of the task's queries
+        pairs = (fewer or p.n_queries(name)) * c.max_pairs_per_query
         pool = p.n_queries(name) * c.max_pairs_per_query  # the volume ablation subsets the main pool
         others = [f for f in a.formats if f != c.format]
+        dpo_formats = len(others) + (fewer is not None)  # the main format again, on the fewer queries
         out.append(TrainLine("06", f"{name}: SFT + DPO in {len(others)} more formats", p.weak, "sft",
                              len(others) * t.n_train))
-        out.append(TrainLine("06", f"{name}: DPO in {len(others) + bool(p.ablation_queries(name))} more formats"
-                             + (" (the main one on the ablations' queries too)" if p.ablation_queries(name) else ""),
-                             p.weak, "dpo", (len(others) + bool(p.ablation_queries(name))) * pairs))
+        out.append(TrainLine("06", f"{name}: DPO in {dpo_formats} more formats"
+                             + (" (the main one on the ablations' queries too)" if fewer else ""),
+                             p.weak, "dpo", dpo_formats * pairs))
         out.append(TrainLine("07", f"{name}: DPO with {len(a.strong_models) - 1} other strong models", p.weak, "dpo",
                              max(0, len(a.strong_models) - 1) * pairs))
         for wname in a.weak_models:
