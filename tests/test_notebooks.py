@@ -114,3 +114,39 @@ def test_rendered_notebooks_keep_no_absolute_path_in_papermill_metadata(tmp_path
     assert pm == {"input_path": "notebooks/02_sft.ipynb", "output_path": "<results>/smoke/notebooks/02_sft.ipynb"}
     repo_out = ROOT / "results" / "x" / "02.ipynb"  # inside the repository: repository-relative
     assert not str(tmp_path) in json.dumps(pm) and repo_out.relative_to(ROOT).as_posix() == "results/x/02.ipynb"
+
+
+def test_quiet_silences_the_libraries_without_importing_them():
+    """A notebook that only reads finished stages does not pay for importing transformers;
+    when a later cell imports it, its logs and progress bars are silenced all the same."""
+    code = (
+        "import sys, logging\n"
+        "from cowest.notebooks import quiet\n"
+        "quiet()\n"
+        "print('transformers' in sys.modules, 'datasets' in sys.modules)\n"
+        "import transformers, datasets\n"
+        "print(transformers.utils.logging.get_verbosity() == logging.ERROR,\n"
+        "      transformers.utils.logging.is_progress_bar_enabled(),\n"
+        "      datasets.is_progress_bar_enabled())\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                        "HF_HUB_DISABLE_PROGRESS_BARS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["False", "False", "True", "False", "False"], out.stdout + out.stderr
+
+
+def test_quiet_also_silences_libraries_imported_before_it():
+    code = (
+        "import logging, transformers, datasets\n"
+        "from cowest.notebooks import quiet\n"
+        "quiet()\n"
+        "print(transformers.utils.logging.get_verbosity() == logging.ERROR,\n"
+        "      transformers.utils.logging.is_progress_bar_enabled(),\n"
+        "      datasets.is_progress_bar_enabled())\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                        "HF_HUB_DISABLE_PROGRESS_BARS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split() == ["True", "False", "False"], out.stdout + out.stderr
