@@ -18,12 +18,13 @@ usage() {
   cat <<'EOF'
 
 Options for a run:
-  --profile NAME|PATH   smoke | tiny (default) | paper, or a YAML file of your own
+  --profile NAME|PATH   smoke | tiny (default) | mini | paper, or a YAML file of your own
   --set KEY=VALUE       override a profile value, checked like the file (e.g. --set collab.k=8)
   --only N              run only notebook N (e.g. --only 5)
   --from N              start at notebook N (earlier stages are reused from disk)
   --force               rebuild every stage once (default: reuse finished stages)
   --dry-run             print the planned model calls, tokens and cost; run nothing
+  --check               check keys, servers, models, hub access, prices, budget, GPU; run nothing
 Results land in results/<profile>/ (notebooks/, tables/, figures/, manifest.json).
 Environment: .venv/ in this folder; models and caches: $COWEST_HOME (default .cowest/).
 EOF

@@ -60,7 +60,7 @@ from cowest.server import ServerPool  # noqa: E402
 from cowest.tasks import get_task  # noqa: E402
 
 MODEL = "qwen2.5-coder-0.5b"
-TASK = ("synth_ifqa", {"n_entities": 6})  # as in configs/tiny.yaml
+TASK = ("synth_ifqa", {"n_entities": 6})  # the first tiny profile's domain, when this was measured
 #: (label, servers, n_threads, concurrency)
 LAYOUTS = [("1 server x 2 threads, concurrency 1", 1, 2, 1),
            ("2 servers x 1 thread, concurrency 2", 2, 1, 2)]
