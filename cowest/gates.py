@@ -52,6 +52,15 @@ class GateResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def row(self) -> dict[str, Any]:
+        """The gate as a table row, in percent, with the bound's direction ("answer_lines"
+        is an upper bound, every other gate a lower one)."""
+        bound = "<=" if self.gate == "answer_lines" else ">="
+        return {"gate": self.gate, "task": self.task,
+                "value %": None if self.value is None else round(100 * self.value, 1),
+                "needs": f"{bound} {100 * self.threshold:g}%", "passed": self.passed, "n": self.n,
+                "detail": self.detail}
+
 
 def _correct(task: Task, text: str | None, ex: Example) -> bool:
     pred = task.extract(text, ex)

@@ -93,3 +93,14 @@ def test_choose_the_first_candidate_that_passes_else_the_most_passes():
     assert gates.choose({"a": worse, "b": small}) == "b"  # none passes all: the most passes
     assert gates.choose({"a": small, "b": list(small)}) == "a"  # a tie: the first listed
     assert gates.choose({}) is None
+
+
+def test_a_gate_row_is_in_percent_with_the_direction_of_its_bound():
+    from cowest.gates import GateResult
+
+    lines = GateResult("answer_lines", "t", 0.03125, 0.02, False, 32, "").row()
+    assert (lines["value %"], lines["needs"], lines["passed"]) == (3.1, "<= 2%", False)
+    skill = GateResult("strong_skill", "t", 0.9375, 0.8, True, 16, "").row()
+    assert (skill["value %"], skill["needs"]) == (93.8, ">= 80%")
+    na = GateResult("weak_knowledge", "t", None, 0.8, None, 0, "no fact base").row()
+    assert na["value %"] is None and na["passed"] is None
