@@ -361,7 +361,6 @@ def reason(cmps: Sequence[dict[str, Any]], premise: str | None) -> str:
 def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong: Ablation | None = None,
              weak: Ablation | None = None, volume: Ablation | None = None) -> pd.DataFrame:
     """Each of the paper's findings, per task: reproduced / not reproduced / not distinguishable."""
-    premise = run.premise()
     rows = []
     sizes = dict(zip(main.frame["task"], main.frame["sizing"])) if "sizing" in main.frame else {}
 
@@ -370,7 +369,7 @@ def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong
         size = sizes.get(task, "") if size is None else size
         rows.append({"finding": finding, "paper": paper, "task": task, "sizing": size, "ours": res,
                      "numbers": "; ".join(_numbers(c) for c in cmps),
-                     "likely reason": "" if res == "reproduced" else reason(cmps, premise) if cmps else
+                     "likely reason": "" if res == "reproduced" else reason(cmps, run.premise([task])) if cmps else
                      "not measured: the profile compares fewer than two variants here"})
 
     for t, cmp in main.comparisons.items():

@@ -146,25 +146,40 @@ def evaluate(task: Task, rows: dict[str, list[dict[str, Any]]], items: dict[str,
 
 
 def premise_note(results: Sequence[GateResult]) -> str | None:
-    """None when every applicable gate passed; otherwise the sentence each verdict carries."""
+    """None when every applicable gate passed; otherwise the sentence each verdict on the
+    failing tasks carries (it names them: a task whose gates passed keeps its verdicts)."""
     failed = [r for r in results if r.passed is False]
     if not failed:
         return None
+    tasks = list(dict.fromkeys(r.task for r in failed))
     parts = "; ".join(f"{r.task} {r.gate}: {r.detail}" for r in failed)
-    return f"The miniature's premise failed ({parts}), so no verdict below can show the paper's mechanism."
+    which = "that task" if len(tasks) == 1 else "those tasks"
+    return (f"The miniature's premise failed on {', '.join(tasks)} ({parts}), so no verdict on {which} "
+            f"can show the paper's mechanism.")
+
+
+DECISIVE = ("strong_skill", "draft_use")  # the gates that say whether a strong model can do the job
+
+
+def passes_all(results: Sequence[GateResult]) -> bool:
+    """Every applicable gate passed (a gate that is not applicable does not count)."""
+    return all(r.passed for r in results if r.passed is not None)
 
 
 def choose(by_candidate: dict[str, Sequence[GateResult]]) -> str | None:
     """The strong model the gates pick among candidates (in the profile's order, cheapest
-    first): the first that passes every applicable gate; if none does, the one that passes
-    the most (the first on a tie). None without candidates."""
+    first): the first that passes every applicable gate. If none does, the closest: the most
+    decisive gates passed (strong skill, draft use), then their summed values, then the most
+    gates passed; the first on a tie (`passes_all` tells the two cases apart). None without
+    candidates."""
     if not by_candidate:
         return None
 
-    def passes(rs: Sequence[GateResult]) -> tuple[bool, int]:
-        applicable = [r for r in rs if r.passed is not None]
-        return all(r.passed for r in applicable), sum(bool(r.passed) for r in applicable)
+    def closeness(rs: Sequence[GateResult]) -> tuple[int, float, int]:
+        decisive = [r for r in rs if r.gate in DECISIVE and r.passed is not None]
+        return (sum(bool(r.passed) for r in decisive), sum(r.value or 0.0 for r in decisive),
+                sum(bool(r.passed) for r in rs if r.passed is not None))
 
     names = list(by_candidate)
-    clean = [n for n in names if passes(by_candidate[n])[0]]
-    return clean[0] if clean else max(names, key=lambda n: (passes(by_candidate[n])[1], -names.index(n)))
+    clean = [n for n in names if passes_all(by_candidate[n])]
+    return clean[0] if clean else max(names, key=lambda n: (*closeness(by_candidate[n]), -names.index(n)))

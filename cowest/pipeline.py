@@ -610,16 +610,25 @@ class Pipeline:
             have[(r.task, r.gate, who)] = {**r.to_dict(), "strong": who}
         write_json(path, sorted(have.values(), key=lambda g: (g["task"], g["gate"], g["strong"] or "")))
 
-    def premise(self) -> str | None:
-        """The sentence every verdict carries when a gate recorded for this run's strong models failed."""
+    def premise(self, tasks: Sequence[str] | None = None) -> str | None:
+        """The sentence the verdicts on `tasks` (default: every task) carry when a gate recorded
+        for their strong model failed; None when every applicable gate passed on them. When
+        some of `tasks` passed, the sentence names them too."""
         from cowest.gates import GateResult, premise_note
 
         path = self.root / "gates.json"
         if not path.exists():
             return None
-        used = {(t.name, self.cfg.strong_for(t.name).name) for t in self.cfg.tasks}
-        rows = [g for g in read_json(path) if g["strong"] is None or (g["task"], g["strong"]) in used]
-        return premise_note([GateResult(**{k: v for k, v in g.items() if k != "strong"}) for g in rows])
+        names = list(tasks) if tasks is not None else [t.name for t in self.cfg.tasks]
+        used = {(t, self.cfg.strong_for(t).name) for t in names}
+        rows = [GateResult(**{k: v for k, v in g.items() if k != "strong"}) for g in read_json(path)
+                if (g["strong"] is None and g["task"] in names) or (g["task"], g["strong"]) in used]
+        note = premise_note(rows)
+        passed = [t for t in names if any(r.task == t for r in rows)
+                  and not any(r.task == t and r.passed is False for r in rows)]
+        if note and passed:
+            note += f" Every applicable gate passed on {', '.join(passed)}."
+        return note
 
     # -- evaluation ------------------------------------------------------------------
     def test_items(self, task_name: str, n: int | None = None) -> list[Example]:

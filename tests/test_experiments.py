@@ -86,7 +86,7 @@ def test_findings_table_reads_each_finding(monkeypatch):
     win, tie = _cmp(*WIN), _cmp(*TIE)
 
     class Run:
-        def premise(self):
+        def premise(self, tasks=None):
             return None
 
     cmps = {"CoWest vs Weak (SFT)": win, "CoWest vs Strong (CoT)": win, "CoWest vs Standard refinement": tie,
@@ -104,3 +104,19 @@ def test_findings_table_reads_each_finding(monkeypatch):
     # the format ranking ignores the aligned-vs-SFT tests (that is the alignment finding)
     assert out.loc["draft format ordering", "ours"] == "not distinguishable"
     assert "SFT cot" not in out.loc["draft format ordering", "numbers"]
+
+
+def test_a_failed_premise_is_the_reason_only_on_the_task_whose_gates_failed():
+    tie = _cmp(*TIE)
+
+    class Run:
+        def premise(self, tasks=None):
+            return "The miniature's premise failed on bad (...)" if "bad" in (tasks or ["good", "bad"]) else None
+
+    cmps = {"CoWest vs Weak (SFT)": tie, "CoWest vs Strong (CoT)": tie, "CoWest vs Standard refinement": tie,
+            "CoWest vs RLWF": tie}
+    main = experiments.MainTable({}, pd.DataFrame(), pd.DataFrame(), {"good": cmps, "bad": cmps}, pd.DataFrame())
+    out = experiments.findings(Run(), main)
+    reasons = out.groupby("task")["likely reason"].apply(list)
+    assert all("premise failed" in r for r in reasons["bad"])
+    assert not any("premise failed" in r for r in reasons["good"])

@@ -93,6 +93,26 @@ def test_choose_the_first_candidate_that_passes_else_the_most_passes():
     assert gates.choose({"a": worse, "b": small}) == "b"  # none passes all: the most passes
     assert gates.choose({"a": small, "b": list(small)}) == "a"  # a tie: the first listed
     assert gates.choose({}) is None
+    assert not gates.passes_all(small) and gates.passes_all(bigger)
+
+
+def test_when_no_candidate_passes_the_closest_is_the_one_that_does_the_job_best():
+    """synth_safety in the mini run: 1.5B 31% skill, 31% draft use, one unreadable output in 32;
+    0.5B 31% skill, 0% draft use, every output readable. The 1.5B is the closer one."""
+    def r(gate, value, passed):
+        return gates.GateResult(gate, "t", value, 0.5, passed, 16, "")
+
+    big = [r("strong_skill", 0.31, False), r("draft_use", 0.31, False), r("answer_lines", 0.03, False)]
+    small = [r("strong_skill", 0.31, False), r("draft_use", 0.0, False), r("answer_lines", 0.0, True)]
+    assert gates.choose({"0.5b": small, "1.5b": big}) == "1.5b"
+    assert not gates.passes_all(big) and not gates.passes_all(small)
+
+
+def test_the_premise_note_names_only_the_failing_tasks():
+    ok = gates.GateResult("draft_use", "synth_ifqa", 0.94, 0.5, True, 16, "fixes 94%")
+    bad = gates.GateResult("draft_use", "synth_safety", 0.31, 0.5, False, 16, "fixes 31%")
+    note = gates.premise_note([ok, bad])
+    assert "failed on synth_safety (" in note and "synth_ifqa" not in note and "that task" in note
 
 
 def test_a_gate_row_is_in_percent_with_the_direction_of_its_bound():

@@ -335,3 +335,29 @@ def test_ablation_queries_are_none_when_they_cover_the_task(pipe):
     assert p.cfg.ablation_queries("synth_ifqa") == p.cfg.ablations.n_queries < p.cfg.n_queries("synth_ifqa")
     assert pipe(f"ablations.n_queries={p.cfg.n_queries('synth_ifqa')}").cfg.ablation_queries("synth_ifqa") is None
     assert pipe("ablations.n_queries=null").cfg.ablation_queries("synth_ifqa") is None
+
+
+def test_the_premise_is_per_task(tmp_path):
+    """A gate that failed on one task is that task's premise, not the others'."""
+    from cowest.artifacts import write_json
+
+    run = Pipeline(load_profile("smoke"), results=tmp_path)
+    tasks = [t.name for t in run.cfg.tasks]
+    good, bad = tasks[0], tasks[1]
+
+    def row(task, gate, passed, strong):
+        return {"gate": gate, "task": task, "value": 1.0 if passed else 0.0, "threshold": 0.5,
+                "passed": passed, "n": 4, "detail": f"{task} {gate}", "strong": strong}
+
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_json(run.root / "gates.json", [
+        row(good, "weak_knowledge", True, None), row(good, "draft_use", True, run.cfg.strong_for(good).name),
+        row(bad, "weak_knowledge", True, None), row(bad, "draft_use", False, run.cfg.strong_for(bad).name),
+        row(bad, "strong_skill", False, "some-other-candidate"),  # not the strong model this run uses
+    ])
+    assert run.premise([good]) is None
+    note = run.premise([bad])
+    assert f"failed on {bad} ({bad} draft_use" in note and "strong_skill" not in note
+    both = run.premise()
+    assert f"failed on {bad} " in both and f"Every applicable gate passed on {good}" in both
+    run.close()
