@@ -395,6 +395,10 @@ class Store:
             self._journal("built", kind, key, alias=alias, seconds=round(time.monotonic() - t0, 1))
         self.built.append((kind, key))
 
+    def progress(self, kind: str, text: str) -> None:
+        """A progress line of a stage being built (the runner prints it; nothing counts it)."""
+        self._journal("progress", kind, "", text=text)
+
     def _journal(self, event: str, kind: str, key: str, **extra: Any) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         record = {"event": event, "kind": kind, "key": key, **{k: v for k, v in extra.items() if v is not None}}

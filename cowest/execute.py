@@ -166,6 +166,9 @@ class _JournalTail:
                 e = json.loads(line)
             except ValueError:
                 continue
+            if e["event"] == "progress":
+                print(f"[cowest]       {e.get('text', '')}", flush=True)
+                continue
             what = f"{e['kind']} {e.get('alias') or e['key'][:12]}"
             if e["event"] == "started":
                 print(f"[cowest]     building {what}", flush=True)

@@ -76,6 +76,11 @@ def _share(flags: Sequence[bool]) -> float:
     return sum(flags) / len(flags)
 
 
+def _count(share: float, n: int) -> str:
+    """"15/16 (94%)": a share with the count it comes from."""
+    return f"{round(share * n)}/{n} ({100 * share:.0f}%)"
+
+
 def _na(gate: str, task: Task, threshold: float, why: str) -> GateResult:
     return GateResult(gate, task.info.name, None, threshold, None, 0, why)
 
@@ -86,8 +91,8 @@ def weak_knowledge(task: Task, items: Sequence[Example], drafts: Sequence[str], 
         return _na("weak_knowledge", task, threshold, "no recall questions (the task has no fact base)")
     value = _share([_recall_correct(d, e) for d, e in zip(drafts, items, strict=True)])
     return GateResult("weak_knowledge", task.info.name, value, threshold, value >= threshold, len(items),
-                      f"the weak model recalls {100 * value:.0f}% of the facts in held-out wordings "
-                      f"(needs {100 * threshold:.0f}%)")
+                      f"the weak model answers {_count(value, len(items))} recall questions right, in "
+                      f"wordings it was not trained on (needs {100 * threshold:.0f}%)")
 
 
 def strong_skill(task: Task, items: Sequence[Example], strong_texts: Sequence[str], weak_texts: Sequence[str],
@@ -100,9 +105,9 @@ def strong_skill(task: Task, items: Sequence[Example], strong_texts: Sequence[st
     w = _share([_correct(task, t, e) for t, e in zip(weak_texts, items, strict=True)])
     ok = s >= threshold and w <= s - gap
     return GateResult("strong_skill", task.info.name, s, threshold, ok, len(items),
-                      f"with the facts given, the strong model is right on {100 * s:.0f}% (needs "
-                      f"{100 * threshold:.0f}%) and the weak model on {100 * w:.0f}% (needs at most "
-                      f"{100 * (s - gap):.0f}%)")
+                      f"with the facts given, the strong model is right on {_count(s, len(items))} (needs "
+                      f"{100 * threshold:.0f}%) and the weak model on {_count(w, len(items))} (needs at most "
+                      f"{100 * (s - gap):.0f}%, {100 * gap:.0f} points below the strong model)")
 
 
 def draft_use(task: Task, items: Sequence[Example], refined: Sequence[str], threshold: float) -> GateResult:
@@ -111,8 +116,8 @@ def draft_use(task: Task, items: Sequence[Example], refined: Sequence[str], thre
         return _na("draft_use", task, threshold, "the task cannot make right-fact, wrong-step drafts")
     value = _share([_correct(task, t, e) for t, e in zip(refined, items, strict=True)])
     return GateResult("draft_use", task.info.name, value, threshold, value >= threshold, len(items),
-                      f"the strong model fixes {100 * value:.0f}% of drafts with the right fact and a wrong "
-                      f"step (needs {100 * threshold:.0f}%)")
+                      f"the strong model fixes {_count(value, len(items))} drafts with the right fact and a "
+                      f"wrong step (needs {100 * threshold:.0f}%)")
 
 
 def answer_lines(task: Task, items: Sequence[Example], texts: Sequence[str], max_share: float) -> GateResult:
@@ -122,8 +127,8 @@ def answer_lines(task: Task, items: Sequence[Example], texts: Sequence[str], max
     value = _share([not ex_.has_answer_marker(t) or task.extract(t, e) is None
                     for t, e in zip(texts, items, strict=True)])
     return GateResult("answer_lines", task.info.name, value, max_share, value <= max_share, len(items),
-                      f"{100 * value:.1f}% of the strong model's outputs have no readable answer "
-                      f"(at most {100 * max_share:.0f}%)")
+                      f"{round(value * len(items))} of the strong model's {len(items)} outputs "
+                      f"({100 * value:.1f}%) have no readable answer (at most {100 * max_share:.0f}%)")
 
 
 def evaluate(task: Task, rows: dict[str, list[dict[str, Any]]], items: dict[str, list[Example]],

@@ -25,7 +25,7 @@ import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from cowest import CowestWarning, assets, prompts
 from cowest.config import Profile, StrongSpec, WeakSpec
@@ -279,11 +279,20 @@ class Pipeline:
 
         def build(folder: Path) -> None:
             train.sft(self.weak_base(weak), self.sft_rows(task_name, weak, fmt), folder / "adapter",
-                      weak=weak, seed=self.cfg.seed, checkpoints=folder / "checkpoints")
+                      weak=weak, seed=self.cfg.seed, checkpoints=folder / "checkpoints",
+                      on_trainer=self._progress("sft"))
 
         folder = self.store.stage("sft", self.sft_inputs(task_name, weak, fmt), build, outputs=ADAPTER_FILES,
                                   alias=f"{weak.name}/{task_name}/{fmt}/sft")
         return self._checkpoint(weak, task_name, fmt, "sft", folder)
+
+    def _progress(self, kind: str) -> Callable[[Any], None]:
+        """`on_trainer` for `train.sft` / `train.dpo`: the trainer's logged steps go to the stage
+        journal, which the runner prints as progress lines."""
+        from cowest import train
+
+        return lambda trainer: trainer.add_callback(
+            train.progress_callback(kind, lambda text: self.store.progress(kind, text)))
 
     def _checkpoint(self, weak: WeakSpec, task: str, fmt: str, tag: str, folder: Path) -> Checkpoint:
         adapter = folder / "adapter"
@@ -510,7 +519,7 @@ class Pipeline:
 
         def build(folder: Path) -> None:
             train.dpo(self.weak_base(weak), start.adapter, pairs, folder / "adapter", weak=weak, seed=seed,
-                      checkpoints=folder / "checkpoints")
+                      checkpoints=folder / "checkpoints", on_trainer=self._progress("dpo"))
 
         folder = self.store.stage("dpo", self.dpo_inputs(start, pairs, seed), build, outputs=ADAPTER_FILES,
                                   alias=f"{weak.name}/{start.task}/{start.fmt}/{tag}")

@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -216,8 +217,31 @@ def _common_args(spec: TrainSpec | DPOSpec, output_dir: Path, seed: int) -> dict
         _checkpointing_field(): cuda,
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
-        "disable_tqdm": False,
+        # rendered by the runner: no progress bar in the notebook (the runner prints progress_callback's lines)
+        "disable_tqdm": _rendered(),
     }
+
+
+def _rendered() -> bool:
+    """True inside a notebook that the runner renders (``cowest.notebooks.QUIET_ENV``)."""
+    from cowest.notebooks import QUIET_ENV
+
+    return bool(os.environ.get(QUIET_ENV))
+
+
+def progress_callback(method: str, emit: Callable[[str], None]) -> Any:
+    """A ``TrainerCallback`` that hands ``emit`` one line per logged step ("sft step 20/96,
+    loss 0.512"); the pipeline writes it to the stage journal, which the runner prints in the
+    terminal (a notebook's own stderr would land in the rendered notebook)."""
+    from transformers import TrainerCallback
+
+    class _Progress(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if logs and "loss" in logs:
+                emit(f"{method} step {state.global_step}/{state.max_steps}, loss {logs['loss']:.3f}")
+
+    return _Progress()
 
 
 def sft_config(weak: WeakSpec, out_dir: Path, seed: int, eos_token: str) -> SFTConfig:

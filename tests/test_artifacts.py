@@ -299,3 +299,16 @@ def test_two_processes_asking_for_one_stage_build_it_once(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", script]) for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     assert (tmp_path / "builds.txt").read_text() == "x"
+
+
+def test_progress_lines_reach_the_runner_and_are_not_counted_as_stages(tmp_path, capsys):
+    from cowest.execute import _Activity, _JournalTail
+
+    runs = tmp_path / "runs"
+    store = Store(runs)
+    activity = _Activity(tmp_path)
+    with _JournalTail(runs / JOURNAL):
+        store.stage("sft", {"a": 1}, lambda folder: store.progress("sft", "sft step 5/10, loss 0.700"))
+    out = capsys.readouterr().out
+    assert "[cowest]       sft step 5/10, loss 0.700" in out and "building sft" in out
+    assert activity.since_mark()["stages_built"] == {"sft": 1}

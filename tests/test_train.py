@@ -604,3 +604,25 @@ def test_accelerate_launch_builds_the_stage_the_notebooks_reuse(tmp_path):
         assert json.loads((ckpt.adapter / "train_log.json").read_text())["global_step"] == 1
     finally:
         run.close()
+
+
+def test_rendered_notebooks_get_no_progress_bar_and_the_runner_gets_one_line_per_logged_step(tmp_path, monkeypatch):
+    """Under the runner (COWEST_QUIET) the trainer's bar would be HTML in the rendered notebook;
+    instead each logged step becomes a journal line that the runner prints in the terminal."""
+    from types import SimpleNamespace
+
+    from cowest.notebooks import QUIET_ENV
+
+    smoke = load_profile("smoke").weak
+    monkeypatch.delenv(QUIET_ENV, raising=False)
+    assert sft_config(smoke, tmp_path / "a", 0, "</s>").disable_tqdm is False  # JupyterLab: the bar stays
+    monkeypatch.setenv(QUIET_ENV, "1")
+    assert sft_config(smoke, tmp_path / "b", 0, "</s>").disable_tqdm is True
+    assert dpo_config(smoke, tmp_path / "c", 0).disable_tqdm is True
+
+    lines = []
+    cb = train.progress_callback("sft", lines.append)
+    state = SimpleNamespace(global_step=20, max_steps=96)
+    cb.on_log(None, state, None, logs={"loss": 0.51234, "learning_rate": 1e-3})
+    cb.on_log(None, state, None, logs={"train_runtime": 3.0})  # the final summary is not a step
+    assert lines == ["sft step 20/96, loss 0.512"]
