@@ -116,6 +116,11 @@ def open_run(profile: str, *, results: str | None = None, force: bool | str = Fa
 
     if os.environ.get(QUIET_ENV):
         quiet()
+    import pandas as pd
+
+    from cowest.report import number
+
+    pd.set_option("display.float_format", number)  # the notebooks' tables read as the .md tables do
     source = Path(profile)
     if source.suffix in (".yaml", ".yml") and not source.is_absolute():
         source = paths.REPO_ROOT / source

@@ -16,13 +16,21 @@ import pandas as pd
 from cowest.artifacts import atomic_write_text
 
 
-def to_markdown(df: pd.DataFrame, floatfmt: str = "{:.1f}") -> str:
-    """A GitHub Markdown table (no extra dependency)."""
+def number(v: float) -> str:
+    """One decimal from 1 up (metrics in points, seconds); below 1, three significant digits,
+    so that shares, losses and p-values keep their information (0.459, 0.049, 0.0312)."""
+    if pd.isna(v):
+        return ""
+    return f"{v:.1f}" if abs(v) >= 1 or v == 0 else f"{v:.3g}"
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub Markdown table (no extra dependency); floats as :func:`number` writes them."""
     cols = [str(c) for c in df.columns]
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return "" if pd.isna(v) else floatfmt.format(v)
+            return number(v)
         return str(v).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

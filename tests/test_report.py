@@ -209,3 +209,13 @@ def test_paired_comparison_uses_items_every_seed_answered():
     a2 = Result("cowest", "t", [r for r in a1.rows if r["id"] != "3"], {})  # seed 2 lost item 3 to a failed call
     out = report.paired_comparison([a1, a2], _res("sft", [0.0] * 6))
     assert out["paired items"] == 5
+
+
+def test_markdown_tables_keep_small_values_readable():
+    import pandas as pd
+
+    from cowest.report import to_markdown
+
+    df = pd.DataFrame({"name": ["a|b"], "share": [0.459], "loss": [0.049], "p": [0.03125], "EM": [93.75],
+                       "zero": [0.0], "missing": [float("nan")], "n": [200]})
+    assert to_markdown(df).splitlines()[-1] == "| a\\|b | 0.459 | 0.049 | 0.0312 | 93.8 | 0.0 |  | 200 |"
