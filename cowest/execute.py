@@ -226,6 +226,7 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
     manifest: dict[str, Any] = read_json(manifest_path) if manifest_path.exists() else {}
     if manifest.get("profile_hash") != cfg.hash():
         manifest = {"notebooks": {}}
+    previous_commit = manifest.get("commit")
     manifest.update({
         "profile": cfg.name, "profile_source": _param_path(Path(cfg.source)), "overrides": list(cfg.overrides),
         "profile_hash": cfg.hash(), "commit": _git_commit(), "seed": cfg.seed, "versions": versions(),
@@ -256,6 +257,7 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
                                     stderr_file=_Prefixed(sys.stderr))
         except pm.PapermillExecutionError as e:
             error = _scrub(f"{e.ename}: {e.evalue}", cfg)
+            _keep_work(manifest, nb.file, previous_commit)
             manifest["notebooks"][nb.file] = {"status": "failed", "seconds": round(time.time() - t0, 1),
                                               "error": error}
             _finish(manifest, manifest_path, out_dir)
@@ -265,6 +267,7 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
             ) from None
         _strip_machine_paths(target, results_root)
         done = activity.since_mark()
+        _keep_work(manifest, nb.file, previous_commit)
         manifest["notebooks"][nb.file] = {"status": "ok", "seconds": round(time.time() - t0, 1), **done}
         print(f"[cowest]   {time.time() - t0:.0f} s; stages built {done['stages_built'] or 'none'}, "
               f"reused {done['stages_reused']}; strong-model requests sent {done['strong_requests_sent']}",
@@ -273,6 +276,15 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
     manifest["total_seconds"] = round(sum(v["seconds"] for v in manifest["notebooks"].values()), 1)
     _finish(manifest, manifest_path, out_dir)
     return manifest_path
+
+
+def _keep_work(manifest: dict[str, Any], file: str, commit: str | None) -> None:
+    """Before a notebook's entry is replaced: keep it in ``manifest["history"]`` when it did
+    work (built a stage or sent a request), so that a cached rerun (seconds, nothing built)
+    does not erase the record of the run that computed the results."""
+    old = manifest["notebooks"].get(file)
+    if old and old.get("status") == "ok" and (old.get("stages_built") or old.get("strong_requests_sent")):
+        manifest.setdefault("history", []).append({"notebook": file, "commit": commit, **old})
 
 
 def _strip_machine_paths(nb_path: Path, results_root: Path) -> None:

@@ -59,6 +59,7 @@ def test_smoke_profile_runs_every_notebook_and_writes_every_artifact(tmp_path):
         outputs = _outputs(nb)
         assert not [o for o in outputs if o.get("output_type") == "error"], f"{nb.name} has an error cell"
         assert not [o for o in outputs if o.get("name") == "stderr"], f"{nb.name} shows stderr (progress or warnings)"
+        assert "<progress" not in json.dumps(outputs), f"{nb.name} shows a trainer's HTML progress bar"
         papermill = dict(json.loads(nb.read_text())["metadata"]["papermill"])
         papermill.pop("parameters")  # they name tmp_path here, a results root outside the repository (tests only)
         text = json.dumps([outputs, papermill])
@@ -74,8 +75,13 @@ def test_smoke_profile_runs_every_notebook_and_writes_every_artifact(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cowest", "run", "--profile", "smoke"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads((root / "manifest.json").read_text())["notebooks"]
+    second = json.loads((root / "manifest.json").read_text())
+    again = second["notebooks"]
     assert {nb: v["stages_built"] for nb, v in again.items() if v["stages_built"]} == {}
+    # the cached rerun does not erase the record of the run that did the work
+    kept = {h["notebook"]: h for h in second["history"]}
+    assert {nb for nb, v in manifest["notebooks"].items() if v["stages_built"]} <= set(kept)
+    assert all(kept[nb]["seconds"] == v["seconds"] for nb, v in manifest["notebooks"].items() if nb in kept)
     assert sum(v["strong_requests_sent"] for v in again.values()) == 0
     assert sum(v["stages_reused"] for v in again.values()) > 0
 
@@ -150,3 +156,17 @@ def test_quiet_also_silences_libraries_imported_before_it():
                         "HF_HUB_DISABLE_PROGRESS_BARS")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["True", "False", "False"], out.stdout + out.stderr
+
+
+def test_a_cached_rerun_keeps_the_working_runs_entry_in_the_history():
+    from cowest.execute import _keep_work
+
+    manifest = {"notebooks": {"02_sft.ipynb": {"status": "ok", "seconds": 983.0, "stages_built": {"sft": 3},
+                                               "strong_requests_sent": 0},
+                              "01_data.ipynb": {"status": "ok", "seconds": 4.0, "stages_built": {},
+                                                "strong_requests_sent": 0}}}
+    _keep_work(manifest, "02_sft.ipynb", "abc1234")
+    _keep_work(manifest, "01_data.ipynb", "abc1234")  # it did nothing: nothing to keep
+    _keep_work(manifest, "05_evaluation.ipynb", "abc1234")  # never ran before
+    assert manifest["history"] == [{"notebook": "02_sft.ipynb", "commit": "abc1234", "status": "ok",
+                                    "seconds": 983.0, "stages_built": {"sft": 3}, "strong_requests_sent": 0}]
