@@ -31,6 +31,8 @@ def to_markdown(df: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
         if isinstance(v, float):
             return number(v)
+        if v is pd.NA:  # a missing value of a nullable column (DataFrame.convert_dtypes)
+            return ""
         return str(v).replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]

@@ -219,3 +219,12 @@ def test_markdown_tables_keep_small_values_readable():
     df = pd.DataFrame({"name": ["a|b"], "share": [0.459], "loss": [0.049], "p": [0.03125], "EM": [93.75],
                        "zero": [0.0], "missing": [float("nan")], "n": [200]})
     assert to_markdown(df).splitlines()[-1] == "| a\\|b | 0.459 | 0.049 | 0.0312 | 93.8 | 0.0 |  | 200 |"
+
+
+def test_markdown_tables_leave_missing_nullable_values_empty():
+    import pandas as pd
+
+    from cowest.report import to_markdown
+
+    df = pd.DataFrame([{"task": "a", "queries": 13}, {"task": "b"}]).convert_dtypes()
+    assert to_markdown(df).splitlines()[-2:] == ["| a | 13 |", "| b |  |"]
