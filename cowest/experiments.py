@@ -389,6 +389,7 @@ def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong
         for t, cmps in abl.orderings.items():
             if abl.name == "format":  # the ranking only; aligned vs SFT per format is the alignment finding
                 cmps = [c for c in cmps if not c["b"].startswith("SFT")]
-            n = cmps[0]["paired items"] if cmps else 0
-            add(finding, paper, t, cmps, f"ablation ({n} test items, 1 DPO seed)")
+            size = (f"ablation ({cmps[0]['paired items']} test items, 1 DPO seed)" if cmps
+                    else "ablation (one variant in this profile)")
+            add(finding, paper, t, cmps, size)
     return pd.DataFrame(rows)
