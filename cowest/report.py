@@ -165,20 +165,25 @@ def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
     return out
 
 
+ZERO = 1e-9  # an interval bound closer to 0 than this touches 0
+
+
 def verdict(cmp: dict[str, Any]) -> str:
     """Three-way verdict of a :func:`paired_comparison` (a against b).
 
     ``"identical systems"`` when they answer the same on >= ``IDENTICAL_SHARE`` of the
     items (or ``cmp["identical"]`` says so for another reason, e.g. DPO did not run);
     ``"higher"`` / ``"lower"`` when the paired bootstrap's 95% interval of a - b lies above /
-    below 0; otherwise ``"not distinguishable"``. Never an ordering from point estimates.
+    below 0; otherwise ``"not distinguishable"``. Never an ordering from point estimates, and
+    never from an interval that touches 0: a bound within ``ZERO`` of 0 is 0 (the bootstrap's
+    bounds are sums of item scores, so a bound of exactly 0 can come out as -4e-18).
     """
     if cmp.get("identical"):
         return "identical systems"
     lo, hi = cmp["bootstrap_ci_low"], cmp["bootstrap_ci_high"]
-    if lo > 0:
+    if lo > ZERO:
         return "higher"
-    if hi < 0:
+    if hi < -ZERO:
         return "lower"
     return "not distinguishable"
 

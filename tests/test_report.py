@@ -126,6 +126,12 @@ def test_verdict_three_way_on_hand_made_cases():
     small = report.paired_comparison(_res("a", [1.0] * 3 + [0.0] * 7), _res("b", [1.0] * 2 + [0.0] * 8))
     assert small["bootstrap_diff"] > 0 and small["verdict"] == "not distinguishable"
     assert "not distinguishable" in report.verdict_line(small) and "+10.0 points" in report.verdict_line(small)
+    # an interval that touches 0 is no ordering, even when rounding puts its bound at -4e-18
+    # (the mini run's CoWest vs standard refinement: [-0.178, -4.44e-18], p = 0.051)
+    touch = {"bootstrap_ci_low": -0.178, "bootstrap_ci_high": -4.44e-18}
+    assert report.verdict(touch) == "not distinguishable"
+    assert report.verdict({"bootstrap_ci_low": 4.44e-18, "bootstrap_ci_high": 0.2}) == "not distinguishable"
+    assert report.verdict({"bootstrap_ci_low": -0.178, "bootstrap_ci_high": -0.005}) == "lower"
 
 
 def test_identical_systems_are_never_ordered():
