@@ -127,8 +127,8 @@ def answer_lines(task: Task, items: Sequence[Example], texts: Sequence[str], max
     value = _share([not ex_.has_answer_marker(t) or task.extract(t, e) is None
                     for t, e in zip(texts, items, strict=True)])
     return GateResult("answer_lines", task.info.name, value, max_share, value <= max_share, len(items),
-                      f"{round(value * len(items))} of the strong model's {len(items)} outputs "
-                      f"({100 * value:.1f}%) have no readable answer (at most {100 * max_share:.0f}%)")
+                      f"strong-model outputs without a readable answer: {round(value * len(items))} of "
+                      f"{len(items)} ({100 * value:.1f}%; at most {100 * max_share:.0f}%)")
 
 
 def evaluate(task: Task, rows: dict[str, list[dict[str, Any]]], items: dict[str, list[Example]],
