@@ -227,7 +227,7 @@ def test_the_same_dpo_under_two_tags_trains_once(run, monkeypatch):
 
     trained = []
 
-    def record(base, adapter, pairs, out_dir, *, weak, seed, checkpoints=None):  # writes what a training would
+    def record(base, adapter, pairs, out_dir, *, weak, seed, checkpoints=None, on_trainer=None):  # writes what a training would
         trained.append(len(pairs))
         out_dir.mkdir(parents=True)
         (out_dir / "adapter_config.json").write_text("{}")
