@@ -36,7 +36,8 @@ def main() -> None:
     out: dict[str, dict] = {}
     try:
         for v in args.variants:
-            tmp = Path(tempfile.mkdtemp(prefix="refine-prompt-"))
+            scratch = tempfile.TemporaryDirectory(prefix="refine-prompt-")  # removed even on a failure
+            tmp = Path(scratch.name)
             shutil.copytree(original_dir, tmp, dirs_exist_ok=True)
             shutil.copy(ROOT / "benchmarks" / "refine_prompts" / f"{v}.txt", tmp / "strong_refine.txt")
             prompts.PROMPT_DIR = tmp
@@ -51,7 +52,7 @@ def main() -> None:
                 print(v, spec.name, {g: (r["value"], r["passed"]) for g, r in out[v][spec.name].items()}, flush=True)
             out[v]["seconds"] = round(time.time() - t0, 1)
             run.close()
-            shutil.rmtree(tmp)
+            scratch.cleanup()
     finally:
         prompts.PROMPT_DIR = original_dir
         prompts._load.cache_clear()

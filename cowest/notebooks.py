@@ -80,6 +80,11 @@ def expected_files(root: Path) -> list[Path]:
     return out
 
 
+def rendered() -> bool:
+    """True in a notebook the runner renders (it sets ``QUIET_ENV``), not in JupyterLab."""
+    return bool(os.environ.get(QUIET_ENV))
+
+
 def quiet() -> None:
     """No progress bars, no library warnings or info logs; the project's own warnings stay."""
     # the libraries read these when they are imported: a notebook that never trains or
@@ -114,7 +119,7 @@ def open_run(profile: str, *, results: str | None = None, force: bool | str = Fa
     from cowest.config import load_profile
     from cowest.pipeline import Pipeline
 
-    if os.environ.get(QUIET_ENV):
+    if rendered():
         quiet()
     import pandas as pd
 

@@ -633,8 +633,8 @@ class Pipeline:
         rows = [GateResult(**{k: v for k, v in g.items() if k != "strong"}) for g in read_json(path)
                 if (g["strong"] is None and g["task"] in names) or (g["task"], g["strong"]) in used]
         note = premise_note(rows)
-        passed = [t for t in names if any(r.task == t for r in rows)
-                  and not any(r.task == t and r.passed is False for r in rows)]
+        failed = {r.task for r in rows if r.passed is False}
+        passed = [t for t in names if t not in failed and t in {r.task for r in rows}]
         if note and passed:
             note += f" Every applicable gate passed on {', '.join(passed)}."
         return note

@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import os
 import shutil
 import time
 from contextlib import contextmanager
@@ -64,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from cowest.artifacts import atomic_dir, write_json
+from cowest.notebooks import rendered
 from cowest.weak import end_token, load_tokenizer, load_weak, mark_trained
 
 if TYPE_CHECKING:
@@ -218,15 +218,8 @@ def _common_args(spec: TrainSpec | DPOSpec, output_dir: Path, seed: int) -> dict
         "dataloader_num_workers": 0,
         "remove_unused_columns": True,
         # rendered by the runner: no progress bar in the notebook (the runner prints progress_callback's lines)
-        "disable_tqdm": _rendered(),
+        "disable_tqdm": rendered(),
     }
-
-
-def _rendered() -> bool:
-    """True inside a notebook that the runner renders (``cowest.notebooks.QUIET_ENV``)."""
-    from cowest.notebooks import QUIET_ENV
-
-    return bool(os.environ.get(QUIET_ENV))
 
 
 def progress_callback(method: str, emit: Callable[[str], None]) -> Any:

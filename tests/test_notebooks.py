@@ -122,6 +122,14 @@ def test_rendered_notebooks_keep_no_absolute_path_in_papermill_metadata(tmp_path
     assert not str(tmp_path) in json.dumps(pm) and repo_out.relative_to(ROOT).as_posix() == "results/x/02.ipynb"
 
 
+def _python_without_quiet_variables(code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter whose environment lacks the variables quiet() sets."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS",
+                        "HF_HUB_DISABLE_PROGRESS_BARS")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+
+
 def test_quiet_silences_the_libraries_without_importing_them():
     """A notebook that only reads finished stages does not pay for importing transformers;
     when a later cell imports it, its logs and progress bars are silenced all the same."""
@@ -135,10 +143,7 @@ def test_quiet_silences_the_libraries_without_importing_them():
         "      transformers.utils.logging.is_progress_bar_enabled(),\n"
         "      datasets.is_progress_bar_enabled())\n"
     )
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS",
-                        "HF_HUB_DISABLE_PROGRESS_BARS")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = _python_without_quiet_variables(code)
     assert out.stdout.split() == ["False", "False", "True", "False", "False"], out.stdout + out.stderr
 
 
@@ -151,10 +156,7 @@ def test_quiet_also_silences_libraries_imported_before_it():
         "      transformers.utils.logging.is_progress_bar_enabled(),\n"
         "      datasets.is_progress_bar_enabled())\n"
     )
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("TQDM_DISABLE", "TRANSFORMERS_VERBOSITY", "HF_DATASETS_DISABLE_PROGRESS_BARS",
-                        "HF_HUB_DISABLE_PROGRESS_BARS")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    out = _python_without_quiet_variables(code)
     assert out.stdout.split() == ["True", "False", "False"], out.stdout + out.stderr
 
 
