@@ -145,9 +145,12 @@ class Pipeline:
         return self._tasks[name]
 
     def data_inputs(self, task_name: str) -> dict[str, Any]:
-        # the task's own strong model and DPO seeds don't change its data; n_queries is its own entry
-        return {"task": _dump(self.cfg.task(task_name), exclude={"strong", "dpo_seeds", "n_queries"}),
-                "n_queries": self.cfg.n_queries(task_name), "seed": self.cfg.seed}
+        # the task's own strong model and DPO seeds don't change its data; n_queries is its own entry.
+        # The generator's version enters from version 2 on (the keys of version-1 data predate it).
+        inputs = {"task": _dump(self.cfg.task(task_name), exclude={"strong", "dpo_seeds", "n_queries"}),
+                  "n_queries": self.cfg.n_queries(task_name), "seed": self.cfg.seed}
+        version = self.task(task_name).generator_version
+        return inputs if version == 1 else {**inputs, "generator_version": version}
 
     def data(self, task_name: str) -> dict[str, list[Example]]:
         """train (SFT), prefq (held-out training questions for preferences), validation, test."""

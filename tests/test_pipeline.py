@@ -361,3 +361,20 @@ def test_the_premise_is_per_task(tmp_path):
     both = run.premise()
     assert f"failed on {bad} " in both and f"Every applicable gate passed on {good}" in both
     run.close()
+
+
+def test_a_new_generator_version_redoes_that_task_only(pipe, monkeypatch):
+    """Code that makes other items from the same parameters rebuilds the data stage: it is keyed
+    by the generator's version from version 2 on (version-1 keys are unchanged). The stages after
+    it are keyed by the items themselves, so they follow when the items differ."""
+    from cowest.tasks.synthetic.safety import SynthSafety
+
+    tasks = ["synth_ifqa", "synth_med", "synth_safety"]
+    base = {t: _keys(pipe(), t) for t in tasks}
+    assert "generator_version" not in pipe().data_inputs("synth_safety")
+    monkeypatch.setattr(SynthSafety, "generator_version", 2)
+    after = {t: _keys(pipe(), t) for t in tasks}
+    assert pipe().data_inputs("synth_safety")["generator_version"] == 2
+    assert _changed(base["synth_safety"], after["synth_safety"]) == ["data"]  # same items here
+    assert _changed(base["synth_ifqa"], after["synth_ifqa"]) == []
+    assert _changed(base["synth_med"], after["synth_med"]) == []

@@ -228,7 +228,8 @@ def test_one_module_per_domain_registers_its_task():
 
 # sha256 of the first 50 items of each split (seed 0, `dataclasses.asdict`) and the corpus,
 # taken from the single-module generator before it was split into one module per domain.
-# A change here means the generated data changed (ids, questions, answers or facts).
+# A change here means the generated data changed (ids, questions, answers or facts): bump the
+# task's `generator_version`, so that runs rebuild their data stage, and update the digest.
 # synth_med's changed once on purpose: gold letters are balanced within each question type.
 GOLDEN = [
     ("synth_ifqa", {}, "60e6de7e7005586fe68c2a9859ccd5d845e9e6fc3443a8d291a416f91fbb89c8"),

@@ -87,6 +87,11 @@ class Task:
 
     info: TaskInfo
     defaults: ClassVar[dict[str, Any]] = {}
+    #: the version of the code that makes this task's items from its parameters: bump it when
+    #: the same parameters give other items, so that every stage built on the old items is
+    #: rebuilt (the data stage is keyed by it; tests/test_tasks_synthetic.py pins each
+    #: synthetic domain's items per version)
+    generator_version: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
