@@ -222,6 +222,17 @@ def _common_args(spec: TrainSpec | DPOSpec, output_dir: Path, seed: int) -> dict
     }
 
 
+def _no_printer(trainer: Any) -> Any:
+    """With ``disable_tqdm`` transformers swaps its progress bar for ``PrinterCallback``, which
+    prints every logged dict ("{'loss': ..., 'grad_norm': ...}") to stdout, and so into the
+    rendered notebook; the runner prints ``progress_callback``'s lines instead."""
+    from transformers.trainer_callback import PrinterCallback
+
+    if trainer.args.disable_tqdm:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def progress_callback(method: str, emit: Callable[[str], None]) -> Any:
     """A ``TrainerCallback`` that hands ``emit`` one line per logged step ("sft step 20/96,
     loss 0.512"); the pipeline writes it to the stage journal, which the runner prints in the
@@ -378,8 +389,8 @@ def sft(
         tok.padding_side = "right"
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
         n_long = _count_too_long(tok, [r["prompt"] + r["completion"] for r in rows], args.max_length)
-        trainer = sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
-                                      peft_config=lora_config(weak.lora))
+        trainer = _no_printer(sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
+                                                  peft_config=lora_config(weak.lora)))
         if on_trainer is not None:
             on_trainer(trainer)
         resume = _last_checkpoint(work)
@@ -458,7 +469,7 @@ def dpo(
         n_long = _count_too_long(
             tok, [p["prompt"] + c for p in pairs for c in (p["chosen"], p["rejected"])], args.max_length
         )
-        trainer = dpo_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok)
+        trainer = _no_printer(dpo_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok))
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
         if "ref" not in peft_model.peft_config:
             raise RuntimeError("TRL did not create the 'ref' adapter: the DPO reference would be the base model")

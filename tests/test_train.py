@@ -254,6 +254,21 @@ def test_sft_lora_learns_and_saves(folder, tok, rows, sft_run):
     assert all(a > b + 5 for a, b in zip(tuned, before))
 
 
+def test_a_rendered_run_prints_no_logged_dicts(folder, rows, tmp_path, monkeypatch, capfd):
+    """Under the runner the bar is off, and transformers' PrinterCallback, which takes its place,
+    would print every logged dict into the rendered notebook; the steps go to on_log instead."""
+    from cowest.notebooks import QUIET_ENV
+
+    monkeypatch.setenv(QUIET_ENV, "1")
+    weak = _weak(sft={"epochs": 1.0, "learning_rate": 3e-3, "batch_size": 8, "trl": {"logging_steps": 1}})
+    lines = []
+    log = sft(folder, rows[:8], tmp_path / "a", weak=weak, seed=0,
+              on_trainer=lambda t: t.add_callback(train.progress_callback("sft", lines.append)))
+    out = capfd.readouterr()
+    assert log["global_step"] == 1 and lines and lines[0].startswith("sft step 1/1, loss ")
+    assert "grad_norm" not in out.out + out.err and "'loss'" not in out.out + out.err
+
+
 def test_sft_qlora_4bit_learns(folder, rows, tmp_path):
     weak = _weak(quantization="4bit",
                  sft={"epochs": 2.0, "learning_rate": 3e-3, "batch_size": 4, "trl": {"logging_steps": 1}})
