@@ -339,8 +339,12 @@ def _numbers(c: dict[str, Any]) -> str:
             f"[{100 * c['bootstrap_ci_low']:+.1f}, {100 * c['bootstrap_ci_high']:+.1f}] ({report.verdict(c)})")
 
 
-def reason(cmps: Sequence[dict[str, Any]], premise: str | None) -> str:
-    """A computed likely reason for an outcome that is not "reproduced"."""
+def reason(cmps: Sequence[dict[str, Any]], premise: str | None, reproduced: bool = False) -> str:
+    """A computed likely reason for an outcome that is not "reproduced"; for one that is, only the
+    failed premise, which a reproduced ordering must carry too (it cannot show the mechanism)."""
+    if reproduced:
+        return ("the division-of-labour premise failed (notebook 03), so this ordering does not show "
+                "the mechanism the paper describes") if premise else ""
     out = []
     if premise:
         out.append("the division-of-labour premise failed (notebook 03)")
@@ -369,7 +373,7 @@ def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong
         size = sizes.get(task, "") if size is None else size
         rows.append({"finding": finding, "paper": paper, "task": task, "sizing": size, "ours": res,
                      "numbers": "; ".join(_numbers(c) for c in cmps),
-                     "likely reason": "" if res == "reproduced" else reason(cmps, run.premise([task])) if cmps else
+                     "likely reason": reason(cmps, run.premise([task]), res == "reproduced") if cmps else
                      "not measured: the profile compares fewer than two variants here"})
 
     for t, cmp in main.comparisons.items():

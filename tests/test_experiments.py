@@ -120,3 +120,14 @@ def test_a_failed_premise_is_the_reason_only_on_the_task_whose_gates_failed():
     reasons = out.groupby("task")["likely reason"].apply(list)
     assert all("premise failed" in r for r in reasons["bad"])
     assert not any("premise failed" in r for r in reasons["good"])
+    # a reproduced ordering on a task whose premise failed says so too (tiny's synth_safety once read
+    # "reproduced" with an empty reason)
+    win = _cmp(*WIN)
+    cmps = {"CoWest vs Weak (SFT)": win, "CoWest vs Strong (CoT)": win, "CoWest vs Standard refinement": win,
+            "CoWest vs RLWF": win}
+    main = experiments.MainTable({}, pd.DataFrame(), pd.DataFrame(), {"good": cmps, "bad": cmps}, pd.DataFrame())
+    out = experiments.findings(Run(), main)
+    assert set(out["ours"]) == {"reproduced"}
+    assert all("premise failed" in r and "does not show the mechanism" in r
+               for r in out[out["task"] == "bad"]["likely reason"])
+    assert set(out[out["task"] == "good"]["likely reason"]) == {""}
