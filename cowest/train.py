@@ -222,12 +222,26 @@ def _common_args(spec: TrainSpec | DPOSpec, output_dir: Path, seed: int) -> dict
     }
 
 
-def _no_printer(trainer: Any) -> Any:
-    """With ``disable_tqdm`` transformers swaps its progress bar for ``PrinterCallback``, which
-    prints every logged dict ("{'loss': ..., 'grad_norm': ...}") to stdout, and so into the
-    rendered notebook; the runner prints ``progress_callback``'s lines instead."""
+def _callbacks(trainer: Any) -> Any:
+    """The trainer's callbacks as the project wants them.
+
+    - The last step is always logged: the summaries and notebook 04 read the final loss, which
+      ``logging_steps`` would skip when the step count is not a multiple of it (a 4-step DPO run
+      logged only step 1, whose loss is ln 2 by construction, and read as "learned nothing").
+    - With ``disable_tqdm`` transformers swaps its progress bar for ``PrinterCallback``, which
+      prints every logged dict ("{'loss': ..., 'grad_norm': ...}") to stdout, and so into the
+      rendered notebook; it is removed (the runner prints ``progress_callback``'s lines instead).
+    """
+    from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback
 
+    class _LogLastStep(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if state.global_step == state.max_steps:
+                control.should_log = True
+            return control
+
+    trainer.add_callback(_LogLastStep())
     if trainer.args.disable_tqdm:
         trainer.remove_callback(PrinterCallback)
     return trainer
@@ -389,7 +403,7 @@ def sft(
         tok.padding_side = "right"
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
         n_long = _count_too_long(tok, [r["prompt"] + r["completion"] for r in rows], args.max_length)
-        trainer = _no_printer(sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
+        trainer = _callbacks(sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
                                                   peft_config=lora_config(weak.lora)))
         if on_trainer is not None:
             on_trainer(trainer)
@@ -469,7 +483,7 @@ def dpo(
         n_long = _count_too_long(
             tok, [p["prompt"] + c for p in pairs for c in (p["chosen"], p["rejected"])], args.max_length
         )
-        trainer = _no_printer(dpo_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok))
+        trainer = _callbacks(dpo_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok))
         peft_model = trainer.accelerator.unwrap_model(trainer.model)
         if "ref" not in peft_model.peft_config:
             raise RuntimeError("TRL did not create the 'ref' adapter: the DPO reference would be the base model")

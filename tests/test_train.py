@@ -260,12 +260,14 @@ def test_a_rendered_run_prints_no_logged_dicts(folder, rows, tmp_path, monkeypat
     from cowest.notebooks import QUIET_ENV
 
     monkeypatch.setenv(QUIET_ENV, "1")
-    weak = _weak(sft={"epochs": 1.0, "learning_rate": 3e-3, "batch_size": 8, "trl": {"logging_steps": 1}})
+    weak = _weak(sft={"epochs": 1.0, "learning_rate": 3e-3, "batch_size": 4})  # logging_steps 5
     lines = []
-    log = sft(folder, rows[:8], tmp_path / "a", weak=weak, seed=0,
+    log = sft(folder, rows, tmp_path / "a", weak=weak, seed=0,
               on_trainer=lambda t: t.add_callback(train.progress_callback("sft", lines.append)))
     out = capfd.readouterr()
-    assert log["global_step"] == 1 and lines and lines[0].startswith("sft step 1/1, loss ")
+    # 2 steps: the first is logged (logging_first_step) and so is the last, though 2 is not a multiple of 5
+    assert log["global_step"] == 2 and [h["step"] for h in log["log_history"] if "loss" in h] == [1, 2]
+    assert [ln.split(",")[0] for ln in lines] == ["sft step 1/2", "sft step 2/2"]
     assert "grad_norm" not in out.out + out.err and "'loss'" not in out.out + out.err
 
 
