@@ -636,8 +636,8 @@ class Pipeline:
         rows = [GateResult(**{k: v for k, v in g.items() if k != "strong"}) for g in read_json(path)
                 if (g["strong"] is None and g["task"] in names) or (g["task"], g["strong"]) in used]
         note = premise_note(rows)
-        failed = {r.task for r in rows if r.passed is False}
-        passed = [t for t in names if t not in failed and t in {r.task for r in rows}]
+        measured, failed = {r.task for r in rows}, {r.task for r in rows if r.passed is False}
+        passed = [t for t in names if t in measured - failed]
         if note and passed:
             note += f" Every applicable gate passed on {', '.join(passed)}."
         return note
