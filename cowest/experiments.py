@@ -339,9 +339,14 @@ def _numbers(c: dict[str, Any]) -> str:
             f"[{100 * c['bootstrap_ci_low']:+.1f}, {100 * c['bootstrap_ci_high']:+.1f}] ({report.verdict(c)})")
 
 
+NOT_MEASURED = "not measured: the profile compares fewer than two variants here"
+
+
 def reason(cmps: Sequence[dict[str, Any]], premise: str | None, reproduced: bool = False) -> str:
     """A computed likely reason for an outcome that is not "reproduced"; for one that is, only the
     failed premise, which a reproduced ordering must carry too (it cannot show the mechanism)."""
+    if not cmps:  # an ablation with one variant: nothing was compared, whatever the premise
+        return NOT_MEASURED
     if reproduced:
         return ("the division-of-labour premise failed (notebook 03), so this ordering does not show "
                 "the mechanism the paper describes") if premise else ""
@@ -353,6 +358,8 @@ def reason(cmps: Sequence[dict[str, Any]], premise: str | None, reproduced: bool
         if v == "identical systems":
             out.append(c.get("identical_reason") or
                        f"{c['a']} and {c['b']} give the same answer on {c['same answer %']:.0f}% of the items")
+        elif v == "not distinguishable" and report.tests_disagree(c):
+            out.append(f"{c['a']} vs {c['b']}: {report.disagreement(c)}")
         elif v == "not distinguishable":
             dd = 100 * report.detectable_difference(c["paired items"], max(c["discordant %"] / 100, 0.05))
             out.append(f"{c['a']} vs {c['b']}: {abs(100 * c['bootstrap_diff']):.1f} points apart, and "
@@ -373,8 +380,7 @@ def findings(run: Pipeline, main: MainTable, fmt: Ablation | None = None, strong
         size = sizes.get(task, "") if size is None else size
         rows.append({"finding": finding, "paper": paper, "task": task, "sizing": size, "ours": res,
                      "numbers": "; ".join(_numbers(c) for c in cmps),
-                     "likely reason": reason(cmps, run.premise([task]), res == "reproduced") if cmps else
-                     "not measured: the profile compares fewer than two variants here"})
+                     "likely reason": reason(cmps, run.premise([task]), res == "reproduced")})
 
     for t, cmp in main.comparisons.items():
         add("collaboration beats each model alone", "CoWest above the weak and the strong model alone", t,

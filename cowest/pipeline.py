@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from cowest import CowestWarning, assets, prompts
-from cowest.config import Profile, StrongSpec, WeakSpec
+from cowest.config import Profile, StrongSpec, WeakSpec, drop_late_defaults
 from cowest.artifacts import Store, file_digest, read_json, read_jsonl, stable_hash, write_json, write_jsonl
 from cowest.tasks import get_task
 from cowest.tasks.base import Example, Task
@@ -124,6 +124,7 @@ class Pipeline:
         self._tokenizers: dict[str, Any] = {}
         self._clients: dict[str, Any] = {}
         self._servers = ExitStack()
+        self._inference: tuple[tuple[Any, ...], tuple[Any, Any]] | None = None  # see weak_for_inference
         atexit.register(self.close)
 
     # -- context ---------------------------------------------------------------------
@@ -134,9 +135,28 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Stop every local server this pipeline started."""
+        """Stop every local server this pipeline started, and drop the weak model kept for inference."""
         self._servers.close()
         self._clients.clear()
+        self._inference = None
+
+    def weak_for_inference(self, ckpt: Checkpoint) -> tuple[Any, Any]:
+        """``load_weak`` of a checkpoint for inference (model, tokenizer), keeping the last one.
+
+        The stages of one checkpoint run one after another (SuperICL: the demonstrations'
+        drafts, then two confidence stages): they load it once. One model is kept, and it is
+        dropped before training (:meth:`sft`, :meth:`dpo`) and by :meth:`close`. Inference
+        never changes it (``generate`` and the confidences run under ``torch.no_grad``).
+        """
+        from cowest.weak import load_weak
+
+        w = ckpt.weak
+        key = (self.weak_identity(w), w.quantization, ckpt.key, str(ckpt.adapter))
+        if self._inference is None or self._inference[0] != key:
+            self._inference = None  # the previous model is freed before the next one loads
+            self._inference = (key, load_weak(self.weak_base(w), quantization=w.quantization, adapter=ckpt.adapter,
+                                              revision=w.revision))
+        return self._inference[1]
 
     # -- tasks and data --------------------------------------------------------------
     def task(self, name: str) -> Task:
@@ -270,7 +290,7 @@ class Pipeline:
 
     def sft_inputs(self, task_name: str, weak: WeakSpec, fmt: str) -> dict[str, Any]:
         return {"rows": stable_hash(self.sft_rows(task_name, weak, fmt)), "base": self.weak_identity(weak),
-                "quantization": weak.quantization, "lora": _dump(weak.lora), "sft": _dump(weak.sft),
+                "quantization": weak.quantization, "lora": drop_late_defaults("lora", _dump(weak.lora)), "sft": _dump(weak.sft),
                 "seed": self.cfg.seed}
 
     def sft(self, task_name: str, weak: WeakSpec | None = None, fmt: str | None = None) -> Checkpoint:
@@ -281,6 +301,7 @@ class Pipeline:
         fmt = fmt or self.cfg.collab.format
 
         def build(folder: Path) -> None:
+            self._inference = None  # free the inference model before training
             train.sft(self.weak_base(weak), self.sft_rows(task_name, weak, fmt), folder / "adapter",
                       weak=weak, seed=self.cfg.seed, checkpoints=folder / "checkpoints",
                       on_trainer=self._progress("sft"))
@@ -321,7 +342,7 @@ class Pipeline:
         self, ckpt: Checkpoint, examples: Sequence[Example], *, k: int = 1, temperature: float = 0.0
     ) -> list[list[str]]:
         """k drafts per example from a weak checkpoint (greedy when temperature is 0)."""
-        from cowest.weak import generate, load_weak
+        from cowest.weak import generate
 
         weak = ckpt.weak
 
@@ -330,8 +351,7 @@ class Pipeline:
             if weak.draft_server is not None:
                 outs, failed = self._server_drafts(ckpt, ps, k, temperature, folder)
             else:
-                model, tok = load_weak(self.weak_base(weak), quantization=weak.quantization, adapter=ckpt.adapter,
-                                       revision=weak.revision)
+                model, tok = self.weak_for_inference(ckpt)
                 outs = generate(model, tok, ps, max_new_tokens=weak.max_new_tokens, temperature=temperature,
                                 num_samples=k, seed=self.cfg.seed, batch_size=weak.gen_batch_size,
                                 desc=f"drafts {ckpt.id}")
@@ -521,6 +541,7 @@ class Pipeline:
             return dataclasses.replace(start, tag=tag, note=note)
 
         def build(folder: Path) -> None:
+            self._inference = None  # free the inference model before training
             train.dpo(self.weak_base(weak), start.adapter, pairs, folder / "adapter", weak=weak, seed=seed,
                       checkpoints=folder / "checkpoints", on_trainer=self._progress("dpo"))
 
@@ -732,16 +753,14 @@ class Pipeline:
 
     def _weak_predictions(self, ckpt: Checkpoint, items: Sequence[Example]) -> tuple[list[str], list[float]]:
         """The weak model's greedy answer and its confidence (probability of the answer tokens)."""
-        from cowest.weak import answer_confidence, load_weak
+        from cowest.weak import answer_confidence
 
         task = self.task(ckpt.task)
         drafts = [d[0] for d in self.drafts(ckpt, items)]
         preds = [task.extract(d, e) or "" for d, e in zip(drafts, items)]
 
         def build(folder: Path) -> None:
-            model, tok = load_weak(self.weak_base(ckpt.weak), quantization=ckpt.weak.quantization,
-                                   revision=ckpt.weak.revision,
-                                   adapter=ckpt.adapter)
+            model, tok = self.weak_for_inference(ckpt)
             ps = self.weak_prompts(ckpt.weak, task, items, ckpt.fmt)
             spans = [_answer_span(d, pr) for d, pr in zip(drafts, preds)]
             write_json(folder / "confidence.json", [answer_confidence(model, tok, p, d, sp) if sp else 0.0

@@ -166,6 +166,26 @@ def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
 
 
 ZERO = 1e-9  # an interval bound closer to 0 than this touches 0
+ALPHA = 0.05  # McNemar's level, where it is computed (single runs on both sides)
+
+
+def _mcnemar_p(cmp: dict[str, Any]) -> float | None:
+    p = cmp.get("mcnemar_p_value")
+    return None if p is None or p != p else float(p)  # NaN: not computed (seeds on a side)
+
+
+def tests_disagree(cmp: dict[str, Any]) -> bool:
+    """The bootstrap's interval excludes 0 but McNemar's p is at or above ``ALPHA``.
+
+    The percentile bootstrap is anti-conservative on a handful of discordant items: 3 items
+    that only one system gets right give an interval above 0 while the exact McNemar p is
+    0.25 (a sign test on 3 coin flips cannot reach 0.05 with fewer than 6).
+    """
+    if cmp.get("identical"):
+        return False
+    p = _mcnemar_p(cmp)
+    excludes = cmp["bootstrap_ci_low"] > ZERO or cmp["bootstrap_ci_high"] < -ZERO
+    return excludes and p is not None and p >= ALPHA
 
 
 def verdict(cmp: dict[str, Any]) -> str:
@@ -174,18 +194,31 @@ def verdict(cmp: dict[str, Any]) -> str:
     ``"identical systems"`` when they answer the same on >= ``IDENTICAL_SHARE`` of the
     items (or ``cmp["identical"]`` says so for another reason, e.g. DPO did not run);
     ``"higher"`` / ``"lower"`` when the paired bootstrap's 95% interval of a - b lies above /
-    below 0; otherwise ``"not distinguishable"``. Never an ordering from point estimates, and
-    never from an interval that touches 0: a bound within ``ZERO`` of 0 is 0 (the bootstrap's
-    bounds are sums of item scores, so a bound of exactly 0 can come out as -4e-18).
+    below 0 and, where McNemar's test is computed (a single run on each side), its p is
+    below ``ALPHA`` too; otherwise ``"not distinguishable"`` (:func:`tests_disagree` tells
+    when the two tests disagree). Never an ordering from point estimates, and never from an
+    interval that touches 0: a bound within ``ZERO`` of 0 is 0 (the bootstrap's bounds are
+    sums of item scores, so a bound of exactly 0 can come out as -4e-18).
     """
     if cmp.get("identical"):
         return "identical systems"
+    if tests_disagree(cmp):
+        return "not distinguishable"
     lo, hi = cmp["bootstrap_ci_low"], cmp["bootstrap_ci_high"]
     if lo > ZERO:
         return "higher"
     if hi < -ZERO:
         return "lower"
     return "not distinguishable"
+
+
+def disagreement(cmp: dict[str, Any]) -> str:
+    """Why a comparison whose interval excludes 0 is still "not distinguishable" ("" otherwise)."""
+    if not tests_disagree(cmp):
+        return ""
+    n = int(cmp.get("mcnemar_b", 0)) + int(cmp.get("mcnemar_c", 0))
+    return (f"the bootstrap interval excludes 0 but McNemar's p={cmp['mcnemar_p_value']:.3g} does not "
+            f"reach {ALPHA:g}: {n} discordant item{'s' if n != 1 else ''} are too few to order the two")
 
 
 def verdict_line(cmp: dict[str, Any], scale: float = 100.0) -> str:
@@ -195,6 +228,8 @@ def verdict_line(cmp: dict[str, Any], scale: float = 100.0) -> str:
         why = f"; the two give the same answer on {cmp.get('same answer %', float('nan')):.0f}% of the items"
         if cmp.get("identical_reason"):
             why = f"; {cmp['identical_reason']}"
+    elif tests_disagree(cmp):
+        why = f"; {disagreement(cmp)}"
     seeds = [f"{cmp.get(k, 1)} seeds of {cmp[x]}" for k, x in (("seeds a", "a"), ("seeds b", "b")) if cmp.get(k, 1) > 1]
     test = (f"McNemar p={cmp['mcnemar_p_value']:.3g}" if cmp["mcnemar_p_value"] == cmp["mcnemar_p_value"]
             else "item scores averaged over " + " and ".join(seeds))

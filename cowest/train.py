@@ -63,6 +63,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import torch
 
 from cowest.artifacts import atomic_dir, write_json
+from cowest.dropout import use_sparse_dropout
 from cowest.notebooks import rendered
 from cowest.weak import end_token, load_tokenizer, load_weak, mark_trained
 
@@ -376,7 +377,8 @@ def sft(
         out_dir: receives ``adapter_model.safetensors``, ``adapter_config.json``, the
             tokenizer and ``train_log.json``; replaced atomically on success.
         weak: the profile's weak model: ``weak.sft`` (:func:`sft_config`), ``weak.lora``
-            (:func:`lora_config`) and ``weak.quantization`` (``"4bit"`` trains QLoRA: NF4
+            (:func:`lora_config`; ``dropout_sampler: sparse`` swaps peft's dropout modules for
+            :class:`cowest.dropout.SparseDropout`) and ``weak.quantization`` (``"4bit"`` trains QLoRA: NF4
             base, ``prepare_model_for_kbit_training``).
         seed: the profile's seed (``set_seed``, ``SFTConfig.seed`` and ``data_seed``).
         on_trainer: called with the ``SFTTrainer`` after construction and before training.
@@ -405,6 +407,7 @@ def sft(
         n_long = _count_too_long(tok, [r["prompt"] + r["completion"] for r in rows], args.max_length)
         trainer = _callbacks(sft_trainer_class()(model=model, args=args, train_dataset=data, processing_class=tok,
                                                   peft_config=lora_config(weak.lora)))
+        n_sparse = use_sparse_dropout(trainer.model) if weak.lora.dropout_sampler == "sparse" else 0
         if on_trainer is not None:
             on_trainer(trainer)
         resume = _last_checkpoint(work)
@@ -413,6 +416,7 @@ def sft(
         runtime = time.perf_counter() - t0
         mark_trained(trainer.model)
         log = _summary(trainer, "sft", runtime, {
+            "sparse_dropout_modules": n_sparse,
             "n_rows": len(rows), "n_truncated": n_long, "quantization": weak.quantization, "eos_token": eos,
             "seed": seed, "base_model": str(base_model), "weak": _spec_dict(weak),
             "resumed_from": Path(resume).name if resume else None,

@@ -378,3 +378,47 @@ def test_a_new_generator_version_redoes_that_task_only(pipe, monkeypatch):
     assert _changed(base["synth_safety"], after["synth_safety"]) == ["data"]  # same items here
     assert _changed(base["synth_ifqa"], after["synth_ifqa"]) == []
     assert _changed(base["synth_med"], after["synth_med"]) == []
+
+
+def test_the_sparse_dropout_sampler_retrains_sft_only_and_torch_keeps_the_old_keys(pipe):
+    """`lora.dropout_sampler` came after the committed runs: at its default ("torch") it is in no
+    key and not in the profile hash; "sparse" draws other dropout masks, so it retrains SFT (and
+    what follows from the new adapter), and nothing before it."""
+    base = pipe()
+    assert "dropout_sampler" not in base.sft_inputs("synth_ifqa", base.cfg.weak, "cot")["lora"]
+    assert "dropout_sampler" not in base.cfg.to_dict()["weak_models"][0]["lora"]
+    sparse = pipe("weak_models.smollm2-135m.lora.dropout_sampler=sparse")
+    assert sparse.sft_inputs("synth_ifqa", sparse.cfg.weak, "cot")["lora"]["dropout_sampler"] == "sparse"
+    assert _changed(_keys(base), _keys(sparse)) == ["sft"]  # _keys holds the later stages' start fixed
+    assert sparse.cfg.hash() != base.cfg.hash()
+
+
+def test_the_committed_runs_are_what_their_profiles_resolve_to():
+    """The profile hash of each committed run's manifest is the hash its profile has today (a
+    field added with a default must not change it: config.LATE_DEFAULTS)."""
+    import json
+
+    from cowest import paths
+
+    for name in ("tiny", "mini"):
+        manifest = json.loads((paths.REPO_ROOT / "results" / name / "manifest.json").read_text())
+        assert manifest["profile_hash"] == load_profile(name).hash(), name
+
+
+def test_stages_of_one_checkpoint_load_the_weak_model_once(run, monkeypatch):
+    """The drafts and the confidences of one checkpoint share one load; close() drops it."""
+    from cowest import weak
+
+    loads = []
+    real = weak.load_weak
+    monkeypatch.setattr(weak, "load_weak", lambda *a, **k: loads.append(k.get("adapter")) or real(*a, **k))
+    ckpt = Checkpoint(run.cfg.weak, "synth_ifqa", "cot", "sft", None, "base")
+    first = run.weak_for_inference(ckpt)
+    assert run.weak_for_inference(ckpt) is first and len(loads) == 1
+    run.close()
+    assert run.weak_for_inference(ckpt) is not first and len(loads) == 2
+    preds, conf = run._weak_predictions(ckpt, run.test_items("synth_ifqa")[:2])  # a drafts and a confidence stage
+    assert len(conf) == 2 and len(loads) == 2
+    other = Checkpoint(run.cfg.weak_models[1], "synth_ifqa", "cot", "sft", None, "base")
+    run.weak_for_inference(other)
+    assert len(loads) == 3 and run.weak_for_inference(ckpt) is not first and len(loads) == 4

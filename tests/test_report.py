@@ -134,6 +134,37 @@ def test_verdict_three_way_on_hand_made_cases():
     assert report.verdict({"bootstrap_ci_low": -0.178, "bootstrap_ci_high": -0.005}) == "lower"
 
 
+def test_an_interval_above_0_with_mcnemar_above_alpha_is_not_an_ordering():
+    from cowest import report
+
+    # tiny's synth_safety: a right on 3 items where b is wrong, no item the other way, 8 items.
+    # The percentile bootstrap's interval is above 0, the exact McNemar p is 0.25.
+    a = _res("cowest", [1.0] * 4 + [0.0] * 4)
+    b = _res("refine", [1.0] + [0.0] * 7)
+    out = report.paired_comparison(a, b)
+    assert out["bootstrap_ci_low"] > 0 and out["mcnemar_p_value"] == pytest.approx(0.25)
+    assert report.tests_disagree(out) and out["verdict"] == "not distinguishable"
+    line = report.verdict_line(out)
+    assert "not distinguishable" in line and "McNemar's p=0.25 does not reach 0.05" in line
+    assert "3 discordant items" in line
+    # the same lead on 6 discordant items: both tests agree (exact p = 0.031)
+    big = report.paired_comparison(_res("a", [1.0] * 7 + [0.0]), _res("b", [1.0] + [0.0] * 7))
+    assert big["mcnemar_p_value"] < 0.05 and big["verdict"] == "higher" and not report.tests_disagree(big)
+    # with seeds on a side McNemar is not computed: the bootstrap decides alone
+    seeded = {**out, "mcnemar_p_value": float("nan")}
+    assert report.verdict(seeded) == "higher" and report.disagreement(seeded) == ""
+
+
+def test_a_finding_says_when_its_two_tests_disagree():
+    from cowest import experiments, report
+
+    c = {**report.paired_comparison(_res("a", [1.0] * 4 + [0.0] * 4), _res("b", [1.0] + [0.0] * 7)),
+         "a": "CoWest", "b": "RLWF"}
+    assert experiments.outcome([c]) == "not distinguishable"
+    why = experiments.reason([c], premise=None)
+    assert why.startswith("CoWest vs RLWF: the bootstrap interval excludes 0") and "items detect" not in why
+
+
 def test_identical_systems_are_never_ordered():
     from cowest import report
 

@@ -83,6 +83,7 @@ TRAIN_TO_TRL = {  # TrainSpec field -> SFTConfig attribute (DPOSpec: the same, -
 }
 DPO_TO_TRL = {**TRAIN_TO_TRL, "beta": "beta", "loss_type": "loss_type"}
 LORA_TO_PEFT = {"r": "r", "alpha": "lora_alpha", "dropout": "lora_dropout", "target_modules": "target_modules"}
+LORA_ELSEWHERE = {"dropout_sampler": "train.sft -> dropout.use_sparse_dropout (test_sft_with_the_sparse_dropout_sampler_learns)"}
 WEAK_ELSEWHERE = {
     "name": "pipeline (run folders, tables); train's trl error messages",
     "model": "pipeline.Run.weak_base -> train.sft/dpo base_model, weak.load_weak",
@@ -130,7 +131,7 @@ def _assert_reaches(cfg: Any, base: Any, mapping: dict[str, str | None], values:
 
 
 def test_every_spec_field_is_wired():
-    for cls, mapping in [(TrainSpec, TRAIN_TO_TRL), (DPOSpec, DPO_TO_TRL), (LoraSpec, LORA_TO_PEFT),
+    for cls, mapping in [(TrainSpec, TRAIN_TO_TRL), (DPOSpec, DPO_TO_TRL), (LoraSpec, {**LORA_TO_PEFT, **LORA_ELSEWHERE}),
                          (WeakSpec, WEAK_ELSEWHERE)]:
         missing = [f for f in _fields(cls) if f not in mapping]
         assert not missing, f"new {cls.__name__} field(s) {missing}: wire them in cowest.train and list them here"
@@ -269,6 +270,24 @@ def test_a_rendered_run_prints_no_logged_dicts(folder, rows, tmp_path, monkeypat
     assert log["global_step"] == 2 and [h["step"] for h in log["log_history"] if "loss" in h] == [1, 2]
     assert [ln.split(",")[0] for ln in lines] == ["sft step 1/2", "sft step 2/2"]
     assert "grad_norm" not in out.out + out.err and "'loss'" not in out.out + out.err
+
+
+def test_sft_with_the_sparse_dropout_sampler_learns(folder, rows, tmp_path):
+    """lora.dropout_sampler: sparse puts cowest.dropout.SparseDropout in every LoRA layer (p > 0)
+    of the SFT trainer's model, and the model learns as with nn.Dropout."""
+    from cowest.dropout import SparseDropout
+
+    weak = _weak(sft={"epochs": 3.0, "learning_rate": 3e-3, "batch_size": 4, "trl": {"logging_steps": 1}})
+    weak = _replace(weak, lora=_replace(weak.lora, dropout=0.05, dropout_sampler="sparse"))
+    seen = []
+    log = sft(folder, rows, tmp_path / "sparse", weak=weak, seed=0,
+              on_trainer=lambda t: seen.extend(m for m in t.model.modules() if isinstance(m, SparseDropout)))
+    assert log["sparse_dropout_modules"] == len(seen) == 210 and all(m.p == 0.05 for m in seen)  # 30 layers x 7
+    losses = _losses(log)
+    assert losses[0] > losses[-1] and losses[-1] < 0.5 * losses[0]
+    plain = sft(folder, rows[:4], tmp_path / "torch", weak=_replace(weak, lora=_replace(weak.lora, dropout_sampler="torch"),
+                                                                    sft=_replace(weak.sft, epochs=1.0)), seed=0)
+    assert plain["sparse_dropout_modules"] == 0
 
 
 def test_sft_qlora_4bit_learns(folder, rows, tmp_path):
