@@ -17,6 +17,12 @@
    through llama-cpp-python's own ``Llama`` and through ``FastLogprobLlama`` (the same
    model file loaded twice); the whole responses are asserted equal. The same completion
    without log-probabilities is timed too: the floor that any logprob path adds to.
+4. Sparse LoRA dropout (``lora.dropout_sampler: sparse``, ``cowest.dropout``): one SFT step of
+   SmolLM2-135M and Gemma-3-270M with peft's ``nn.Dropout`` and with ``SparseDropout`` (the
+   same p, the tiny profile's 0.05) in every LoRA layer, on the same trainer and batch. The two
+   draw other masks from one distribution, so their losses differ by dropout noise (reported).
+   Run alone: ``--skip sft-smollm2 sft-gemma dpo generate flare-logprobs --out
+   results/benchmarks/dropout_lever.json``.
 
 The modes alternate within each repetition (A B, B A, ...) so that a slow spell of a shared
 CPU hits both; after one untimed warm-up step, the table reports the fastest repetition of
@@ -229,6 +235,39 @@ def build_dpo_step(name: str, weak: Any, workdir: Path, *, quantization: str = "
     return trainer, batch, tok, len(pairs)
 
 
+def bench_dropout(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
+    """One SFT step with peft's ``nn.Dropout`` and with ``cowest.dropout.SparseDropout`` (the same p)
+    in every LoRA layer, on the same trainer and batch (compact LM head on in both)."""
+    from cowest.dropout import SparseDropout
+
+    trainer, batch, tok, n_rows = build_sft_step(name, weak, workdir)
+    model = trainer.model
+    slots = [(m.lora_dropout, k, d) for m in model.modules()
+             if isinstance(getattr(m, "lora_dropout", None), torch.nn.ModuleDict)
+             for k, d in m.lora_dropout.items() if type(d) is torch.nn.Dropout and d.p > 0]
+    sparse = [SparseDropout(d.p) for _, _, d in slots]
+    losses: dict[bool, list[float]] = {False: [], True: []}
+    timer = _step_timer(trainer, batch, {True: losses[True], False: []})
+
+    def run(use_sparse: bool) -> float:
+        for (holder, key, d), sd in zip(slots, sparse):
+            holder[key] = sd if use_sparse else d
+        seconds = timer(True)  # the compact head in both modes
+        if not use_sparse:
+            losses[False].append(losses[True].pop())
+        return seconds
+
+    run(True)  # warm-up, not timed
+    losses[True].clear()
+    times = _alternating(reps, (False, True), run)
+    return {
+        "kind": "sft_dropout", "model": name, "batch": n_rows, "dropout_p": weak.lora.dropout,
+        "lora_dropout_modules": len(slots), "padded_length": int(batch["input_ids"].shape[1]),
+        "torch_s": times[False], "sparse_s": times[True], "torch_stats_s": _stats(times[False]),
+        "sparse_stats_s": _stats(times[True]), "torch_losses": losses[False], "sparse_losses": losses[True],
+    }
+
+
 def bench_dpo(name: str, weak: Any, reps: int, workdir: Path) -> dict[str, Any]:
     trainer, batch, tok, n_pairs = build_dpo_step(name, weak, workdir)
     model = trainer.model
@@ -361,6 +400,13 @@ def _table(results: list[dict[str, Any]]) -> str:
             lines.append(f"| generation, {r['prompts']} prompts x <= {r['max_new_tokens']} tokens "
                          f"(tokens/s; unmerged -> merged) | {r['model']} | {before:.1f} | {after:.1f} | "
                          f"{after / before:.2f}x | same {r['generated_tokens']} tokens of text |")
+        elif r["kind"] == "sft_dropout":
+            before, after = _best(r["torch_s"]), _best(r["sparse_s"])
+            lo = lambda xs: f"{statistics.mean(xs):.4f}"  # noqa: E731
+            lines.append(f"| SFT step, batch {r['batch']}, {r['padded_length']} padded tokens/row, LoRA dropout "
+                         f"p={r['dropout_p']} in {r['lora_dropout_modules']} layers (s; nn.Dropout -> SparseDropout) "
+                         f"| {r['model']} | {before:.2f} | {after:.2f} | {before / after:.2f}x | same distribution, "
+                         f"other masks: mean loss {lo(r['torch_losses'])} vs {lo(r['sparse_losses'])} |")
         else:
             full, compact = _best(r["full_s"]), _best(r["compact_s"])
             what = "SFT step" if r["kind"] == "sft_step" else "DPO step"
@@ -377,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads (default 1, or COWEST_TEST_THREADS: the 2-core machine is shared)")
     ap.add_argument("--reps", type=int, default=2, help="timed repetitions per mode (default 2)")
     ap.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "levers.json")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["sft-smollm2", "sft-gemma", "dpo", "generate", "flare-logprobs"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["sft-smollm2", "sft-gemma", "dpo", "generate", "flare-logprobs",
+                                                                  "dropout-smollm2", "dropout-gemma"])
     ns = ap.parse_args(argv)
 
     torch.set_num_threads(ns.threads)
@@ -392,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             ("dpo", lambda: bench_dpo("smollm2-135m", profile.weak_model("smollm2-135m"), ns.reps, work)),
             ("generate", lambda: bench_generate("smollm2-135m", profile.weak_model("smollm2-135m"), ns.reps, work)),
             ("flare-logprobs", lambda: bench_flare_logprobs(ns.reps, ns.threads)),
+            ("dropout-smollm2", lambda: bench_dropout("smollm2-135m", profile.weak_model("smollm2-135m"), ns.reps, work)),
+            ("dropout-gemma", lambda: bench_dropout("gemma3-270m", profile.weak_model("gemma3-270m"), ns.reps, work)),
         ]
         for key, fn in plan:
             if key in ns.skip:

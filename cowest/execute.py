@@ -35,6 +35,11 @@ class NotebookFailed(RuntimeError):
     pass
 
 
+#: the kernels' own start-up log at error level: ipykernel warns on every start that its local
+#: TCP sockets are not encrypted, a line per notebook in the terminal that says nothing about the run
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
+
+
 def _kernel() -> str:
     from jupyter_client.kernelspec import KernelSpecManager
 
@@ -254,7 +259,7 @@ def run(profile: str, *, only: int | None = None, start: int | None = None, forc
                 pm.execute_notebook(str(paths.NOTEBOOK_DIR / nb.file), str(target), parameters=params,
                                     kernel_name=kernel, cwd=str(paths.NOTEBOOK_DIR), progress_bar=False,
                                     report_mode=False, log_output=True, stdout_file=_Prefixed(sys.stdout),
-                                    stderr_file=_Prefixed(sys.stderr))
+                                    stderr_file=_Prefixed(sys.stderr), extra_arguments=KERNEL_ARGS)
         except pm.PapermillExecutionError as e:
             error = _scrub(f"{e.ename}: {e.evalue}", cfg)
             _keep_work(manifest, nb.file, previous_commit)

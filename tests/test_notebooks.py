@@ -47,6 +47,8 @@ def test_smoke_profile_runs_every_notebook_and_writes_every_artifact(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cowest", "run", "--profile", "smoke"], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # the terminal gets the run's lines, not the kernels' start-up warning (execute.KERNEL_ARGS)
+    assert "running over TCP" not in proc.stdout + proc.stderr
     root = tmp_path / "smoke"
     missing = [str(p.relative_to(root)) for p in expected_files(root) if not p.exists()]
     assert not missing, f"missing artifacts: {missing}"
