@@ -146,7 +146,7 @@ class Pipeline:
         The stages of one checkpoint run one after another (SuperICL: the demonstrations'
         drafts, then two confidence stages): they load it once. One model is kept, and it is
         dropped before training (:meth:`sft`, :meth:`dpo`) and by :meth:`close`. Inference
-        never changes it (``generate`` and the confidences run under ``torch.no_grad``).
+        never changes it (``generate`` and the confidences run under ``torch.inference_mode``).
         """
         from cowest.weak import load_weak
 
@@ -289,9 +289,12 @@ class Pipeline:
                 for p, e in zip(self.weak_prompts(weak, task, items, fmt), items)]
 
     def sft_inputs(self, task_name: str, weak: WeakSpec, fmt: str) -> dict[str, Any]:
+        lora = _dump(weak.lora)
+        if lora["dropout"] == 0:  # no dropout, no mask to draw: the sampler changes nothing
+            lora["dropout_sampler"] = "torch"
         return {"rows": stable_hash(self.sft_rows(task_name, weak, fmt)), "base": self.weak_identity(weak),
-                "quantization": weak.quantization, "lora": drop_late_defaults("lora", _dump(weak.lora)), "sft": _dump(weak.sft),
-                "seed": self.cfg.seed}
+                "quantization": weak.quantization, "lora": drop_late_defaults("lora", lora),
+                "sft": _dump(weak.sft), "seed": self.cfg.seed}
 
     def sft(self, task_name: str, weak: WeakSpec | None = None, fmt: str | None = None) -> Checkpoint:
         """Supervised fine-tuning (LoRA or QLoRA) on the task's training split."""

@@ -165,6 +165,21 @@ def paired_comparison(a: Any, b: Any, seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def compare_vectors(a: Sequence[float], b: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """Paired bootstrap and McNemar of two 0/1 vectors over the same items (a minus b), and a
+    :func:`verdict`: for a per-item quantity that is not a Result's score (e.g. notebook 10's
+    "this draft did not help")."""
+    from cowest.metrics import mcnemar, paired_bootstrap
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"compare_vectors: need two non-empty vectors of one length, got {len(a)} and {len(b)}")
+    out: dict[str, Any] = {"paired items": len(a), "identical": False,
+                           **{f"bootstrap_{k}": v for k, v in paired_bootstrap(a, b, seed=seed).items()},
+                           **{f"mcnemar_{k}": v for k, v in mcnemar([x >= 1.0 for x in a], [y >= 1.0 for y in b]).items()}}
+    out["verdict"] = verdict(out)
+    return out
+
+
 ZERO = 1e-9  # an interval bound closer to 0 than this touches 0
 ALPHA = 0.05  # McNemar's level, where it is computed (single runs on both sides)
 
@@ -217,8 +232,10 @@ def disagreement(cmp: dict[str, Any]) -> str:
     if not tests_disagree(cmp):
         return ""
     n = int(cmp.get("mcnemar_b", 0)) + int(cmp.get("mcnemar_c", 0))
+    why = (f"{n} discordant item{'s' if n != 1 else ''} are too few to order the two" if n < 25
+           else f"its {n} discordant items do not order the two")
     return (f"the bootstrap interval excludes 0 but McNemar's p={cmp['mcnemar_p_value']:.3g} does not "
-            f"reach {ALPHA:g}: {n} discordant item{'s' if n != 1 else ''} are too few to order the two")
+            f"reach {ALPHA:g}: {why}")
 
 
 def verdict_line(cmp: dict[str, Any], scale: float = 100.0) -> str:

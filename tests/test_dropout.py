@@ -24,8 +24,9 @@ def test_dropped_positions_are_independent_bernoulli_trials():
     # the same generator state gives the same positions
     assert torch.equal(dropped_positions(1000, 0.1, torch.Generator().manual_seed(3)),
                        dropped_positions(1000, 0.1, torch.Generator().manual_seed(3)))
-    # a batch of draws too short for n draws more (a tiny n gets a margin of 16 draws)
-    assert len(dropped_positions(10, 0.001, torch.Generator().manual_seed(0))) <= 10
+    # batches of draws that fall short of n are continued: the same distribution in batches of 2
+    small = dropped_positions(n, p, torch.Generator().manual_seed(1), batch=2)
+    assert abs(len(small) - n * p) < 5 * sd and bool((small[1:] > small[:-1]).all()) and int(small.max()) < n
     with pytest.raises(ValueError, match="p must be in"):
         dropped_positions(10, 0.0)
 

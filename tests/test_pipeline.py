@@ -384,13 +384,15 @@ def test_the_sparse_dropout_sampler_retrains_sft_only_and_torch_keeps_the_old_ke
     """`lora.dropout_sampler` came after the committed runs: at its default ("torch") it is in no
     key and not in the profile hash; "sparse" draws other dropout masks, so it retrains SFT (and
     what follows from the new adapter), and nothing before it."""
-    base = pipe()
+    base = pipe("weak_models.smollm2-135m.lora.dropout=0.05")  # smoke trains without dropout
     assert "dropout_sampler" not in base.sft_inputs("synth_ifqa", base.cfg.weak, "cot")["lora"]
     assert "dropout_sampler" not in base.cfg.to_dict()["weak_models"][0]["lora"]
-    sparse = pipe("weak_models.smollm2-135m.lora.dropout_sampler=sparse")
+    sparse = pipe("weak_models.smollm2-135m.lora.dropout=0.05", "weak_models.smollm2-135m.lora.dropout_sampler=sparse")
     assert sparse.sft_inputs("synth_ifqa", sparse.cfg.weak, "cot")["lora"]["dropout_sampler"] == "sparse"
     assert _changed(_keys(base), _keys(sparse)) == ["sft"]  # _keys holds the later stages' start fixed
     assert sparse.cfg.hash() != base.cfg.hash()
+    # without dropout there is no mask to draw: "sparse" keeps the SFT stage
+    assert _changed(_keys(pipe()), _keys(pipe("weak_models.smollm2-135m.lora.dropout_sampler=sparse"))) == []
 
 
 def test_the_committed_runs_are_what_their_profiles_resolve_to():

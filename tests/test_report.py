@@ -137,28 +137,34 @@ def test_verdict_three_way_on_hand_made_cases():
 def test_an_interval_above_0_with_mcnemar_above_alpha_is_not_an_ordering():
     from cowest import report
 
-    # tiny's synth_safety: a right on 3 items where b is wrong, no item the other way, 8 items.
-    # The percentile bootstrap's interval is above 0, the exact McNemar p is 0.25.
-    a = _res("cowest", [1.0] * 4 + [0.0] * 4)
+    # as tiny's synth_safety: a right on 4 items where b is wrong, none the other way, 8 items.
+    # The percentile bootstrap's interval is above 0, the exact McNemar p is 0.125.
+    a = _res("cowest", [1.0] * 5 + [0.0] * 3)
     b = _res("refine", [1.0] + [0.0] * 7)
     out = report.paired_comparison(a, b)
-    assert out["bootstrap_ci_low"] > 0 and out["mcnemar_p_value"] == pytest.approx(0.25)
+    assert out["bootstrap_ci_low"] > 0 and out["mcnemar_p_value"] == pytest.approx(0.125)
     assert report.tests_disagree(out) and out["verdict"] == "not distinguishable"
     line = report.verdict_line(out)
-    assert "not distinguishable" in line and "McNemar's p=0.25 does not reach 0.05" in line
-    assert "3 discordant items" in line
+    assert "not distinguishable" in line and "McNemar's p=0.125 does not reach 0.05" in line
+    assert "4 discordant items are too few" in line
     # the same lead on 6 discordant items: both tests agree (exact p = 0.031)
     big = report.paired_comparison(_res("a", [1.0] * 7 + [0.0]), _res("b", [1.0] + [0.0] * 7))
     assert big["mcnemar_p_value"] < 0.05 and big["verdict"] == "higher" and not report.tests_disagree(big)
     # with seeds on a side McNemar is not computed: the bootstrap decides alone
     seeded = {**out, "mcnemar_p_value": float("nan")}
     assert report.verdict(seeded) == "higher" and report.disagreement(seeded) == ""
+    # vectors that are not a Result's scores get the same two tests
+    vec = report.compare_vectors([1.0] * 5 + [0.0] * 3, [1.0] + [0.0] * 7)
+    assert vec["verdict"] == "not distinguishable" and vec["mcnemar_b"] == 4 and report.tests_disagree(vec)
+    assert report.compare_vectors([1.0] * 40, [0.0] * 40)["verdict"] == "higher"
+    with pytest.raises(ValueError, match="one length"):
+        report.compare_vectors([1.0], [1.0, 0.0])
 
 
 def test_a_finding_says_when_its_two_tests_disagree():
     from cowest import experiments, report
 
-    c = {**report.paired_comparison(_res("a", [1.0] * 4 + [0.0] * 4), _res("b", [1.0] + [0.0] * 7)),
+    c = {**report.paired_comparison(_res("a", [1.0] * 5 + [0.0] * 3), _res("b", [1.0] + [0.0] * 7)),
          "a": "CoWest", "b": "RLWF"}
     assert experiments.outcome([c]) == "not distinguishable"
     why = experiments.reason([c], premise=None)
