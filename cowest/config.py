@@ -131,7 +131,8 @@ class LoraSpec(_Spec):
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     # how SFT draws the dropout mask on a CPU: "torch" (nn.Dropout, one random number per
     # element) or "sparse" (cowest.dropout: the same distribution from the dropped positions
-    # only; an SFT step ~15% faster here, other random numbers, so other trained weights).
+    # only; an SFT step 1.29x faster for SmolLM2 and 1.14x for Gemma-3 on 2 cores, measured in
+    # results/benchmarks/dropout_lever.json; other random numbers, so other trained weights).
     # Added after the committed runs: at "torch" it is left out of the profile hash and the
     # SFT stage key, which stay what they were (LATE_DEFAULTS).
     dropout_sampler: Literal["torch", "sparse"] = "torch"
