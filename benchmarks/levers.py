@@ -21,7 +21,7 @@
    SmolLM2-135M and Gemma-3-270M with peft's ``nn.Dropout`` and with ``SparseDropout`` (the
    same p, the tiny profile's 0.05) in every LoRA layer, on the same trainer and batch. The two
    draw other masks from one distribution, so their losses differ by dropout noise (reported).
-   Run alone: ``--skip sft-smollm2 sft-gemma dpo generate flare-logprobs --out
+   Run alone: ``--threads 2 --reps 3 --skip sft-smollm2 sft-gemma dpo generate flare-logprobs --out
    results/benchmarks/dropout_lever.json``.
 
 The modes alternate within each repetition (A B, B A, ...) so that a slow spell of a shared
